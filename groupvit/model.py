@@ -1,0 +1,88 @@
+"""The joint GroupViT model: image and text encoders with BatchNorm projection heads (spec 1.9)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .config import GroupViTConfig
+from .text import TextEncoder
+from .vision import VisionEncoder
+
+MAX_LOGIT_SCALE = 100.0
+
+
+class ProjectionHead(nn.Module):
+    """Linear -> BatchNorm1d -> ReLU -> Linear. Accepts [B, C] or per-token [B, L, C] features.
+
+    The reference writes this with 1x1 Conv1d; BatchNorm statistics are over batch x tokens either way.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.norm = nn.BatchNorm1d(hidden_dim)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(hidden_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = self.act(self.norm(self.fc1(x.reshape(-1, shape[-1]))))
+        return self.fc2(x).reshape(*shape[:-1], -1)
+
+
+class ImageGroups(NamedTuple):
+    """What segmentation needs from one image-encoder pass (projected, not yet L2-normalised)."""
+
+    image_embeds: torch.Tensor  # [B, D] pooled and projected
+    group_embeds: torch.Tensor  # [B, G, D] each final segment token projected
+    assignments: list[torch.Tensor]  # per grouping stage, soft map [B, S_out, N_in]
+
+
+class GroupViT(nn.Module):
+    def __init__(self, config: GroupViTConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or GroupViTConfig()
+        self.visual = VisionEncoder(config.vision)
+        self.text = TextEncoder(config.text)
+        self.visual_projection = ProjectionHead(
+            config.vision.width, config.projection_hidden_dim, config.projection_dim
+        )
+        self.text_projection = ProjectionHead(config.text.width, config.projection_hidden_dim, config.projection_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init))
+        self.multi_label_logit_scale = (
+            nn.Parameter(torch.tensor(config.logit_scale_init)) if config.multi_label_logit_scale else None
+        )
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.projection_dim
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, 3, H, W] (ImageNet-normalised) -> projected image embeddings [B, D]."""
+        tokens, _ = self.visual(pixels)  # [B, G, C]
+        return self.visual_projection(tokens.mean(dim=1))
+
+    def encode_image_groups(self, pixels: torch.Tensor) -> ImageGroups:
+        """One encoder pass giving the pooled embedding, every group's embedding and the soft maps."""
+        tokens, assignments = self.visual(pixels)  # [B, G, C]
+        pooled = tokens.mean(dim=1, keepdim=True)  # [B, 1, C]
+        # One head call for both: in eval mode BatchNorm acts per row, so this equals two calls.
+        embeds = self.visual_projection(torch.cat([pooled, tokens], dim=1))  # [B, 1 + G, D]
+        return ImageGroups(embeds[:, 0], embeds[:, 1:], assignments)
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [N, 77] from `groupvit.tokenize` -> projected text embeddings [N, D]."""
+        return self.text_projection(self.text(ids))
+
+    def logit_scale_value(self) -> torch.Tensor:
+        """exp(logit_scale) clamped at 100, the image-text contrastive scale."""
+        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (normalised image embeddings [B, D], normalised text embeddings [N, D], logit scale [])."""
+        image = nn.functional.normalize(self.encode_image(pixels), dim=-1)
+        text = nn.functional.normalize(self.encode_text(ids), dim=-1)
+        return image, text, self.logit_scale_value()
