@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
+import pickletools
 import re
 import tempfile
 import zipfile
@@ -152,7 +152,8 @@ def export_state_dict(model: GroupViT, layout: str) -> dict[str, torch.Tensor]:
         theirs = names(key)
         if layout == "nvlabs" and _is_conv_kernel(key):
             value = value.unsqueeze(-1)
-        for name, part in zip(theirs, value.chunk(len(theirs)), strict=True):
+        parts = value.chunk(len(theirs)) if len(theirs) > 1 else [value]
+        for name, part in zip(theirs, parts, strict=True):
             out[name] = part.clone()
     return out
 
@@ -336,35 +337,47 @@ def _inert_class(qualified_name: str) -> type:
     return type(name, (), {"__module__": module, "__init__": init, "__setstate__": setstate})
 
 
+def _pickle_globals(path: Path) -> list[str]:
+    """Names a plain (non-zip) pickle imports, read from its opcodes without running it."""
+    names, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # not a pickle, or a damaged one: torch.load reports it below
+        pass
+    return names
+
+
 def safe_torch_load(path: str | Path) -> Any:
     """torch.load with `weights_only=True`; objects of unknown classes (e.g. an OmegaConf config in a
     training checkpoint) load as inert placeholders instead of running their code."""
     path = Path(path)
-    try:
-        unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path) if zipfile.is_zipfile(path) else []
-    except Exception as e:  # a damaged zip directory
-        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if zipfile.is_zipfile(path):
+        try:
+            unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception as e:  # a damaged zip directory
+            raise CheckpointError(f"cannot read {path}: truncated or not a PyTorch checkpoint ({e})") from None
+    else:
+        unknown = _pickle_globals(path)
     code = [g for g in unknown if g.split(".")[0] in _CODE_MODULES or g in {f"builtins.{b}" for b in _CODE_BUILTINS}]
     if code:
         raise CheckpointError(
-            f"{path} contains pickled code that would call {', '.join(code)}; refusing to load it. "
+            f"{path} would call {', '.join(code)} when unpickled; refusing to load it. "
             "Only load checkpoints from sources you trust, and prefer .safetensors files."
         )
     try:
         with torch.serialization.safe_globals([(_inert_class(g), g) for g in unknown]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f"would call {found.group(1)}" if found else "is not a plain tensor pickle"
-        raise CheckpointError(
-            f"{path} {what}; refusing to unpickle it. Only load checkpoints from sources you trust, "
-            "and prefer .safetensors files."
-        ) from None
     except Exception as e:
-        raise CheckpointError(
-            f"cannot read {path} as a PyTorch checkpoint; it may be truncated or of another kind "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from None
+        detail = re.search(r"WeightsUnpickler error: (.*?)(?:\n\n|$)", str(e), re.S)
+        reason = detail.group(1).strip() if detail else (str(e).splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot read {path}: truncated or not a PyTorch checkpoint ({reason})") from None
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

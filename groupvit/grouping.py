@@ -86,6 +86,7 @@ class GroupingBlock(nn.Module):
         num_group_tokens: int,
         num_output_groups: int,
         mlp_ratio: tuple[float, float] = (0.5, 4.0),
+        cross_attn_mlp_ratio: float = 4.0,
         hard: bool = True,
         gumbel: bool = True,
         tau: float = 1.0,
@@ -98,7 +99,7 @@ class GroupingBlock(nn.Module):
         self.token_mlp = TokenMixerMlp(num_group_tokens, tokens_hidden, num_output_groups)
         self.norm_post_tokens = nn.LayerNorm(dim, eps=eps)
         self.norm_x = nn.LayerNorm(dim, eps=eps)
-        self.pre_assign_attn = CrossAttnBlock(dim, num_heads, eps=eps)
+        self.pre_assign_attn = CrossAttnBlock(dim, num_heads, cross_attn_mlp_ratio, eps=eps)
         self.assign = AssignAttention(dim, hard=hard, gumbel=gumbel, tau=tau, assign_eps=assign_eps)
         self.norm_new_x = nn.LayerNorm(dim, eps=eps)
         self.mlp_channels = Mlp(dim, channels_hidden)

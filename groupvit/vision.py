@@ -74,6 +74,7 @@ class GroupingStage(nn.Module):
                 num_group_tokens,
                 num_output_groups,
                 mlp_ratio=cfg.assign_mlp_ratio,
+                cross_attn_mlp_ratio=cfg.mlp_ratio,
                 hard=cfg.hard_assignment,
                 gumbel=cfg.gumbel,
                 tau=cfg.gumbel_tau,

@@ -1,0 +1,76 @@
+"""Shared fixtures: random-weight transformers GroupViT checkpoints, the independent reference."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(2)
+
+SMALL_HF = dict(
+    projection_dim=32,
+    projection_intermediate_dim=64,
+    vision_config=dict(
+        hidden_size=64,
+        intermediate_size=128,
+        depths=[2, 1, 1],
+        num_hidden_layers=4,
+        num_group_tokens=[16, 4, 0],
+        num_output_groups=[16, 4, 4],
+        num_attention_heads=4,
+        image_size=64,
+        patch_size=8,
+    ),
+    text_config=dict(
+        hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, vocab_size=49408
+    ),
+)
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Make every parameter and BatchNorm statistic non-trivial so parity cannot pass by accident."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 0:
+                p.fill_(2.3)
+            elif p.ndim == 1 and "weight" in name:  # LayerNorm / BatchNorm scales
+                p.copy_(torch.empty(p.shape).uniform_(0.5, 1.5, generator=g))
+            elif p.ndim == 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * min(0.1, p.shape[-1] ** -0.5))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(torch.empty(m.running_var.shape).uniform_(0.5, 2.0, generator=g))
+    return model.eval()
+
+
+def make_hf_model(small: bool, seed: int = 0):
+    from transformers import GroupViTConfig, GroupViTModel
+
+    torch.manual_seed(seed)
+    config = GroupViTConfig(**SMALL_HF) if small else GroupViTConfig()
+    return randomize(GroupViTModel(config), seed)
+
+
+@pytest.fixture(scope="session")
+def hf_small(tmp_path_factory) -> tuple[object, Path]:
+    model = make_hf_model(small=True)
+    path = tmp_path_factory.mktemp("hf_small")
+    model.save_pretrained(path)
+    return model, path
+
+
+@pytest.fixture(scope="session")
+def hf_default(tmp_path_factory) -> tuple[object, Path]:
+    model = make_hf_model(small=False)
+    path = tmp_path_factory.mktemp("hf_default")
+    model.save_pretrained(path)
+    return model, path
