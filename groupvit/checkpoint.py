@@ -463,13 +463,16 @@ def load_model(path: str | Path, config: GroupViTConfig | None = None, device: s
     return model.to(device).eval()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same folder and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -482,16 +485,16 @@ def save_model(model: GroupViT, path: str | Path, layout: str = FORMAT_TAG) -> P
     if layout == FORMAT_TAG:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         metadata = {"format": FORMAT_TAG, "config": model.config.to_json()}
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     elif layout == "hf":
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in export_state_dict(model, "hf").items()}
-        _atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         config_json = json.dumps(config_to_hf(model.config), indent=2)
-        _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(config_json))
+        atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(config_json))
     elif layout == "nvlabs":
         state = {"model": {k: v.detach().cpu() for k, v in export_state_dict(model, "nvlabs").items()}}
-        _atomic_write(path, lambda tmp: torch.save(state, tmp))
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
     else:
         raise ValueError(f"unknown checkpoint layout {layout!r}; choose 'groupvit', 'hf' or 'nvlabs'")
     return path

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, atomic_write
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -38,6 +39,112 @@ def _info(args: argparse.Namespace) -> None:
     print(f"grouping at {size}x{size}: {stages}; embedding dim {groups.image_embeds.shape[-1]}")
 
 
+def _load(args: argparse.Namespace):
+    import torch
+
+    from .checkpoint import load_model
+
+    if not args.checkpoint:
+        raise ValueError(
+            "no --checkpoint given: pass an NVlabs .pth, a transformers folder or a .safetensors file "
+            "(released weights: group_vit_gcc_yfcc_30e-879422e0.pth; nothing is downloaded automatically)"
+        )
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return load_model(args.checkpoint, device=args.device)
+
+
+def _dtype(args: argparse.Namespace):
+    import torch
+
+    if (args.fp16 or args.bf16) and args.device != "cuda":
+        raise ValueError("--fp16/--bf16 apply on GPU only (--device cuda); CPU inference runs in fp32")
+    return torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from .image import load_image
+    from .segmentation import BACKGROUND_THRESHOLDS, ZeroShotSegmenter, check_class_names
+    from .viz import group_maps_image, label_image, overlay
+
+    class_names = check_class_names(args.classes)
+    threshold = None if args.no_background else args.background_threshold
+    if threshold is None and not args.no_background:
+        threshold = BACKGROUND_THRESHOLDS[args.dataset]
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"image not found: {', '.join(missing)}")
+    segmenter = ZeroShotSegmenter(
+        _load(args),
+        class_names,
+        background_threshold=threshold,
+        mode=args.mode,
+        templates=args.templates,
+        refine=args.refine,
+        batch_size=args.batch_size,
+        autocast_dtype=_dtype(args),
+    )
+    out = Path(args.out)
+    failures, stems = 0, set()
+    for path in tqdm(args.images, desc="segment", unit="image", disable=len(args.images) < 2):
+        try:
+            rgb = load_image(path)
+            result = segmenter(rgb)
+        except ValueError as e:
+            print(f"groupvit segment: skipped {path}: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        stem = Path(path).stem
+        while stem in stems:
+            stem += "_"
+        stems.add(stem)
+        summary = {
+            "image": str(path),
+            "size": list(rgb.shape[:2]),
+            "classes": class_names,
+            "present": [n for n in result.fractions() if n != "background"],
+            "fractions": result.fractions(),
+            "mode": args.mode,
+            "background_threshold": threshold,
+            "refine": args.refine,
+            "checkpoint": str(args.checkpoint),
+        }
+        pictures = {
+            f"{stem}_overlay.png": overlay(rgb, result.labels, class_names),
+            f"{stem}_labels.png": label_image(result.labels),
+            f"{stem}_groups.png": group_maps_image(rgb, result.group_maps),
+        }
+        for name, picture in pictures.items():
+            atomic_write(out / name, lambda tmp, pic=picture: pic.save(tmp, format="PNG"))
+        atomic_write(out / f"{stem}.json", lambda tmp, s=summary: Path(tmp).write_text(json.dumps(s, indent=2)))
+        present = ", ".join(f"{n} {f:.0%}" for n, f in summary["fractions"].items())
+        tqdm.write(f"{path}: {present}")
+    print(f"wrote results for {len(args.images) - failures} of {len(args.images)} images to {out}")
+    return 1 if failures else 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from .classification import ZeroShotClassifier
+
+    classifier = ZeroShotClassifier(_load(args), args.classes.split(","), templates=args.templates)
+    for path in args.images:
+        ranking = classifier(path, top=args.top)
+        print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranking))
+    return 0
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="NVlabs .pth, transformers folder or our .safetensors")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="float16 autocast (GPU)")
+    precision.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groupvit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,14 +158,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print a model's configuration, parameter count and grouping shapes")
     p.add_argument("model", help="a preset name (gcc_yfcc, gcc_redcaps, small), a YAML config or a checkpoint")
     p.set_defaults(run=_info)
+
+    p = sub.add_parser("segment", help="segment images into the given class names (zero-shot)")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "dog,grass,sky"')
+    p.add_argument("--out", default="segment_out", help="output folder (default: segment_out)")
+    p.add_argument("--mode", choices=["slide", "whole"], default="slide", help="slide: the official protocol")
+    bg = p.add_mutually_exclusive_group()
+    bg.add_argument("--background-threshold", type=float, help="background below this score (default: --dataset's)")
+    bg.add_argument("--no-background", action="store_true", help="no background class: every pixel gets a class")
+    p.add_argument("--dataset", choices=["voc", "context", "coco_object"], default="voc",
+                   help="preset background threshold: voc 0.95, context 0.35, coco_object 0.95")  # fmt: skip
+    p.add_argument("--templates", default="simple", choices=["simple", "subset", "full"])
+    p.add_argument("--refine", choices=["pamr"], help="optional PAMR refinement (not the official protocol)")
+    p.add_argument("--batch-size", type=int, default=8, help="crops per encoder batch")
+    _add_model_options(p)
+    p.set_defaults(run=_segment)
+
+    p = sub.add_parser("classify", help="rank class names for whole images (zero-shot, ImageNet protocol)")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--classes", required=True, help="comma-separated class names")
+    p.add_argument("--templates", default="subset", choices=["simple", "subset", "full"])
+    p.add_argument("--top", type=int, default=5)
+    _add_model_options(p)
+    p.set_defaults(run=_classify)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args) or 0
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"groupvit {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0

@@ -1,0 +1,93 @@
+"""Reading images of any common kind into RGB uint8 arrays, and the test-time resize/normalisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# ImageNet statistics on 0-255 RGB, as the reference's test pipeline uses (spec 5.2).
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+MAX_PIXELS = 64_000_000
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return (array.astype(np.float32) / 257.0).round().astype(np.uint8)
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    array = array.astype(np.float32)
+    lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
+    if 0.0 <= lo and hi <= 1.0:  # float images in [0, 1]
+        return (array * 255).round().astype(np.uint8)
+    return ((array - lo) / max(hi - lo, 1e-12) * 255).round().astype(np.uint8)
+
+
+def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A path, PIL image or numpy array -> RGB uint8 [H, W, 3]. Grayscale, alpha and 16-bit are converted;
+    EXIF orientation is applied. Raises ValueError with the reason for anything else."""
+    if isinstance(image, str | Path):
+        path = Path(image)
+        if not path.is_file():
+            raise ValueError(f"image not found: {path}")
+        try:
+            pil = Image.open(path)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{path} is not an image Pillow can read ({e})") from None
+        if pil.width * pil.height > max_pixels:
+            raise ValueError(
+                f"{path} is {pil.width}x{pil.height} = {pil.width * pil.height / 1e6:.0f} megapixels, over the "
+                f"limit of {max_pixels / 1e6:.0f}; downscale it first"
+            )
+        try:
+            pil = ImageOps.exif_transpose(pil)
+            pil.load()
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} is damaged or truncated ({e})") from None
+        image = pil
+    if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            image = np.array(image)
+        else:
+            image = np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected an image path, PIL image or numpy array, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an image array [H, W], [H, W, 3] or [H, W, 4], got shape {image.shape}")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} pixels is over the limit of {max_pixels:,}")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"empty image of shape {image.shape}")
+    image = _to_uint8(image)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def rescale_size(height: int, width: int, short_side: int = 448, long_side: int = 2048) -> tuple[int, int]:
+    """mmcv's keep-ratio rescale: factor min(long/long side, short/short side), sizes rounded half up."""
+    factor = min(long_side / max(height, width), short_side / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def to_tensor(image: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """RGB uint8 [H, W, 3] -> normalised float [1, 3, h, w], resized bilinearly (no antialias, as cv2) to `size`.
+
+    The resized image is rounded to 0-255 integers as the reference's uint8 pipeline does.
+    """
+    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float()  # [1, 3, H, W]
+    if size is not None and tuple(size) != tuple(x.shape[2:]):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std

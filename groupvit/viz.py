@@ -1,0 +1,121 @@
+"""Pictures of segmentations and groupings: palettes, overlays with legends, group maps, result grids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map [n, 3] uint8: class i's bits spread over the high bits of R, G, B."""
+    palette = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+def label_image(labels: np.ndarray) -> Image.Image:
+    """[H, W] labels (0..255) -> a palette ('P' mode) PNG-ready image with the VOC palette."""
+    if labels.min() < 0 or labels.max() > 255:
+        raise ValueError("a palette image holds labels 0..255")
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    img.putpalette(voc_palette().ravel().tolist())
+    return img
+
+
+def colorize(index_map: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
+    """[H, W] integer map -> [H, W, 3] uint8 colours (VOC palette by default)."""
+    palette = voc_palette() if palette is None else palette
+    return palette[np.asarray(index_map) % len(palette)]
+
+
+def group_palette(n: int, seed: int = 0) -> np.ndarray:
+    """n well-separated random colours for group indices (groups have no class meaning)."""
+    hues = (np.arange(n) * 0.618033988749895 + np.random.default_rng(seed).random()) % 1.0
+    rgb = np.stack([np.clip(np.abs((hues * 6 + k) % 6 - 3) - 1, 0, 1) for k in (0, 4, 2)], axis=1)
+    return (rgb * 200 + 40).astype(np.uint8)
+
+
+def _font(size: int = 14) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the bitmap font
+        return ImageFont.load_default()
+
+
+def add_legend(image: Image.Image, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> Image.Image:
+    """Append a legend column (colour swatch + name per entry) to the right of `image`."""
+    font, row = _font(), 20
+    width = 24 + max((int(ImageDraw.Draw(image).textlength(name, font=font)) for name, _ in entries), default=0)
+    canvas = Image.new("RGB", (image.width + width + 12, max(image.height, row * len(entries) + 8)), "white")
+    canvas.paste(image.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, color) in enumerate(entries):
+        y = 4 + i * row
+        draw.rectangle([image.width + 6, y + 2, image.width + 20, y + 16], fill=tuple(int(c) for c in color))
+        draw.text((image.width + 26, y + 1), name, fill="black", font=font)
+    return canvas
+
+
+def overlay(
+    image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.55, legend: bool = True
+) -> Image.Image:
+    """Blend VOC-coloured labels over the RGB image (background left as is) and add a legend of the classes
+    present. labels: 0 = background, i = class_names[i - 1]."""
+    colors = colorize(labels)
+    fg = (labels > 0)[..., None]
+    blended = np.where(fg, (1 - alpha) * image + alpha * colors, image).astype(np.uint8)
+    out = Image.fromarray(blended)
+    if not legend:
+        return out
+    present = [int(i) for i in np.unique(labels) if i > 0]
+    names = ["background", *class_names]
+    return add_legend(out, [(names[i], tuple(voc_palette()[i])) for i in present])
+
+
+def group_maps_image(image: np.ndarray, group_maps: Sequence[np.ndarray], alpha: float = 0.6) -> Image.Image:
+    """Side-by-side pictures of each stage's pixel->group map blended over the image, with titles."""
+    panels = []
+    for stage, groups in enumerate(group_maps):
+        palette = group_palette(int(groups.max()) + 1, seed=stage)
+        blended = ((1 - alpha) * image + alpha * palette[groups]).astype(np.uint8)
+        panel = Image.fromarray(blended)
+        ImageDraw.Draw(panel).text((6, 4), f"stage {stage + 1}: {len(np.unique(groups))} groups", fill="white",
+                                   font=_font(), stroke_width=2, stroke_fill="black")  # fmt: skip
+        panels.append(panel)
+    return hstack([Image.fromarray(image), *panels])
+
+
+def hstack(images: Sequence[Image.Image], gap: int = 4) -> Image.Image:
+    width = sum(im.width for im in images) + gap * (len(images) - 1)
+    canvas = Image.new("RGB", (width, max(im.height for im in images)), "white")
+    x = 0
+    for im in images:
+        canvas.paste(im.convert("RGB"), (x, 0))
+        x += im.width + gap
+    return canvas
+
+
+def result_grid(rows: Sequence[Sequence[Image.Image]], titles: Sequence[str] | None = None) -> Image.Image:
+    """Rows of pictures (e.g. image, ground truth, prediction, group maps) stacked into one grid image."""
+    lines = [hstack(row) for row in rows]
+    header = 20 if titles else 0
+    canvas = Image.new("RGB", (max(im.width for im in lines), header + sum(im.height + 4 for im in lines)), "white")
+    if titles:
+        draw, x = ImageDraw.Draw(canvas), 0
+        for title, im in zip(titles, rows[0], strict=False):
+            draw.text((x + 4, 3), title, fill="black", font=_font())
+            x += im.width + 4
+    y = header
+    for im in lines:
+        canvas.paste(im, (0, y))
+        y += im.height + 4
+    return canvas
