@@ -40,6 +40,8 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             raise ValueError(f"image not found: {path}")
         try:
             pil = Image.open(path)
+        except Image.DecompressionBombError as e:  # Pillow's own guard, above ~179 megapixels
+            raise ValueError(f"{path} is too large to decode safely ({e}); downscale it first") from None
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"{path} is not an image Pillow can read ({e})") from None
         if pil.width * pil.height > max_pixels:
