@@ -4,25 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .image import ImageInput, load_image, to_tensor
+from .data.augment import eval_transform
+from .image import ImageInput, load_image
 from .model import GroupViT
 from .segmentation import check_class_names, class_text_embeddings
 from .templates import get_templates
-
-
-def center_crop_tensor(rgb: np.ndarray, resize: int = 256, crop: int = 224) -> torch.Tensor:
-    """Resize the short side to `resize` (PIL bilinear), centre-crop `crop`, normalise -> [1, 3, crop, crop]."""
-    image = Image.fromarray(rgb)
-    scale = resize / min(image.size)
-    w, h = max(crop, round(image.width * scale)), max(crop, round(image.height * scale))
-    image = image.resize((w, h), Image.BILINEAR)
-    left, top = round((w - crop) / 2.0), round((h - crop) / 2.0)
-    return to_tensor(np.asarray(image.crop((left, top, left + crop, top + crop))))
 
 
 class ZeroShotClassifier:
@@ -33,6 +23,7 @@ class ZeroShotClassifier:
         self.device = next(model.parameters()).device
         self.class_names = check_class_names(class_names)
         self.text_embeds = class_text_embeddings(model, self.class_names, get_templates(templates))  # [C, D]
+        self.transform = eval_transform(224, resize=256)  # short side 256, centre crop 224 (spec 5.5)
 
     @torch.no_grad()
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -42,7 +33,7 @@ class ZeroShotClassifier:
 
     def __call__(self, image: ImageInput, top: int = 5) -> list[tuple[str, float]]:
         """Top classes of one image with softmax probabilities (at the model's logit scale)."""
-        logits = self.logits(center_crop_tensor(load_image(image)))[0]
+        logits = self.logits(self.transform(Image.fromarray(load_image(image)))[None])[0]
         probs = (logits * self.model.logit_scale_value()).softmax(dim=-1)
         best = probs.topk(min(top, len(self.class_names)))
         return [(self.class_names[i], float(p)) for p, i in zip(best.values, best.indices, strict=True)]

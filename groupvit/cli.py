@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,8 +64,6 @@ def _dtype(args: argparse.Namespace):
 
 
 def _segment(args: argparse.Namespace) -> int:
-    import json
-
     from tqdm import tqdm
 
     from .image import load_image
@@ -137,6 +136,32 @@ def _classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .training.config import TrainConfig
+    from .training.loop import train
+
+    overrides = list(args.overrides)
+    for key in ("data", "steps", "batch_size", "save_every"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = TrainConfig.from_yaml(args.config, overrides) if args.config else TrainConfig.from_dict({}, overrides)
+    summary = train(cfg, args.out, resume=args.resume)
+    print(f"trained {summary['steps']} steps; skipped {summary['skipped_samples']} broken samples; "
+          f"weights in {Path(args.out) / 'model.safetensors'}")  # fmt: skip
+    return 0
+
+
+def _prepare_nouns(args: argparse.Namespace) -> int:
+    from .data.nouns import prepare_nouns
+    from .training.data import expand_shards
+
+    stats = prepare_nouns(expand_shards(args.shards), args.out, tagger=args.tagger, num_workers=args.workers,
+                          skip_existing=args.skip_existing)  # fmt: skip
+    print(json.dumps(stats.as_dict(), indent=2))
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="NVlabs .pth, transformers folder or our .safetensors")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -175,6 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(run=_segment)
 
+    p = sub.add_parser("train", help="train GroupViT on image-caption pairs (webdataset shards or CSV/TSV)")
+    p.add_argument("--config", help="a training YAML, e.g. configs/gcc_yfcc_30e.yaml or configs/synth_cpu.yaml")
+    p.add_argument("--data", help="shards like 'cc3m/{000000..000436}.tar' (several joined with ::) or a CSV/TSV")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.safetensors, tensorboard/")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int, dest="batch_size", help="per process")
+    p.add_argument("--save-every", type=int, dest="save_every")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. lr=1e-3 workers=2")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("prepare-nouns", help="tag caption nouns once, into copies of webdataset shards")
+    p.add_argument("shards", help="shards like 'cc3m/{000000..000436}.tar' (several joined with ::)")
+    p.add_argument("--out", required=True, help="folder for the new shards (same names, plus nouns.json)")
+    p.add_argument("--tagger", choices=["spacy", "pattern"], default="spacy")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes, one tagger each")
+    p.add_argument("--skip-existing", action="store_true", help="leave shards already written alone")
+    p.set_defaults(run=_prepare_nouns)
+
     p = sub.add_parser("classify", help="rank class names for whole images (zero-shot, ImageNet protocol)")
     p.add_argument("images", nargs="+")
     p.add_argument("--classes", required=True, help="comma-separated class names")
@@ -186,7 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # `train` takes key=value overrides anywhere on the line, also between options.
+    if args.command == "train" and all("=" in u and not u.startswith("-") for u in unknown):
+        args.overrides += unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.run(args) or 0
     except (CheckpointError, ValueError, FileNotFoundError) as e:

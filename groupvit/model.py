@@ -77,6 +77,12 @@ class GroupViT(nn.Module):
         """ids [N, 77] from `groupvit.tokenize` -> projected text embeddings [N, D]."""
         return self.text_projection(self.text(ids))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute transformer blocks in the backward pass instead of storing their activations."""
+        self.text.grad_checkpointing = enable
+        for stage in self.visual.stages:
+            stage.grad_checkpointing = enable
+
     def logit_scale_value(self) -> torch.Tensor:
         """exp(logit_scale) clamped at 100, the image-text contrastive scale."""
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import TextConfig
 from .layers import Block, QuickGELU
@@ -15,6 +16,7 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.grad_checkpointing = False
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
         self.blocks = nn.ModuleList(
@@ -46,6 +48,9 @@ class TextEncoder(nn.Module):
             raise ValueError(f"token ids have length {ids.shape[1]} > context length {self.cfg.context_length}")
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # [N, L, C]
         for block in self.blocks:
-            x = block(x, causal=True)
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, True, use_reentrant=False)
+            else:
+                x = block(x, causal=True)
         x = self.ln_final(x)
         return x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]  # [N, C]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import VisionConfig
 from .grouping import GroupingBlock
@@ -57,6 +58,7 @@ class GroupingStage(nn.Module):
         super().__init__()
         dim, eps = cfg.width, cfg.layer_norm_eps
         self.num_group_tokens = num_group_tokens
+        self.grad_checkpointing = False
         self.group_token = nn.Parameter(torch.zeros(1, num_group_tokens, dim)) if num_group_tokens else None
         self.group_projector = None
         if num_group_tokens and num_prev_group_tokens:
@@ -82,20 +84,21 @@ class GroupingStage(nn.Module):
                 eps=eps,
             )
 
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
+        return x
+
     def forward(
         self, x: torch.Tensor, prev_group_tokens: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """x [B, N, C] -> (x' [B, S_out or N, C], group tokens after the blocks [B, S, C], soft map [B, S_out, N])."""
         if self.group_token is None:
-            for block in self.blocks:
-                x = block(x)
-            return x, None, None
+            return self.run_blocks(x), None, None
         group_tokens = self.group_token.expand(x.shape[0], -1, -1)
         if self.group_projector is not None:
             group_tokens = group_tokens + self.group_projector(prev_group_tokens)
-        x = torch.cat([x, group_tokens], dim=1)  # [B, N + S, C]
-        for block in self.blocks:
-            x = block(x)
+        x = self.run_blocks(torch.cat([x, group_tokens], dim=1))  # [B, N + S, C]
         x, group_tokens = x[:, : -self.num_group_tokens], x[:, -self.num_group_tokens :]
         x, soft = self.grouping(x, group_tokens)
         return x, group_tokens, soft

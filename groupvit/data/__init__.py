@@ -1,0 +1,1 @@
+"""Training data: augmentation, caption nouns and prompts."""

@@ -1,0 +1,1 @@
+"""Training GroupViT from image-text pairs (spec sections 3-4)."""

@@ -1,0 +1,99 @@
+"""Training configuration: one typed dataclass, loadable from YAML, overridable with key=value."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import GroupViTConfig, model_config
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    model: str = "small"  # model preset name or YAML file (see groupvit/configs)
+    data: str = ""  # webdataset shards ("cc3m/{000000..000436}.tar::yfcc/{...}.tar") or a CSV/TSV of image,caption
+    multi_label: int = 3  # K noun prompts per caption for the multi-label loss; 0 turns it off
+    tagger: str = "spacy"  # part-of-speech tagger for caption nouns: spacy or pattern
+    # optimisation (spec section 4); lr, warmup_lr and min_lr are for a global batch of `reference_batch`
+    # and scale linearly with the actual global batch (batch_size x processes x accum_steps)
+    steps: int = 1000
+    reference_batch: int = 4096
+    batch_size: int = 256  # per process
+    accum_steps: int = 1
+    lr: float = 1.6e-3
+    warmup_lr: float = 4e-6
+    min_lr: float = 4e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_grad: float = 5.0
+    # input
+    image_size: int = 224
+    augment: str = "groupvit"  # groupvit (RandAugment, random erasing) or light
+    workers: int = 4
+    shuffle_buffer: int = 10_000
+    # bookkeeping
+    seed: int = 0
+    save_every: int = 500
+    log_every: int = 10
+    eval_every: int = 0  # zero-shot segmentation every N steps (0: off); needs eval_root
+    eval_root: str = ""  # a VOC-layout folder for the evaluation hook
+    grad_checkpointing: bool = False
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with checkpoints
+
+    def __post_init__(self) -> None:
+        # YAML reads "5e-3" as a string and "1" as an int: coerce to each field's type, or say which key is wrong.
+        for f in dataclasses.fields(self):
+            value, default = getattr(self, f.name), f.default
+            try:
+                if isinstance(default, bool):
+                    if not isinstance(value, bool):
+                        raise ValueError
+                elif isinstance(default, int | float | str) and not isinstance(value, type(default)):
+                    setattr(self, f.name, type(default)(value))
+            except (TypeError, ValueError):
+                kind = type(default).__name__
+                raise ValueError(f"training config key {f.name!r}: {value!r} is not a {kind}") from None
+        self.betas = tuple(self.betas)
+        if self.batch_size < 1 or self.accum_steps < 1 or self.steps < 1:
+            raise ValueError("batch_size, accum_steps and steps must be positive")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+
+    def model_config(self) -> GroupViTConfig:
+        cfg = model_config(self.model)
+        if self.multi_label and not cfg.multi_label_logit_scale:
+            cfg.multi_label_logit_scale = True  # the multi-label loss has its own temperature
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        return cls.from_dict(data.get("train", data), overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
+        data = dict(data)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} is not key=value")
+            data[key.strip()] = yaml.safe_load(value)
+        unknown = set(data) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown training config keys: {sorted(unknown)}; known: {sorted(fields)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["betas"] = list(self.betas)
+        return out

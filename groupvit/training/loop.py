@@ -1,0 +1,217 @@
+"""The training loop (spec section 4), top to bottom: setup, data, optimiser, steps, checkpoints.
+
+Run one process per device with torchrun; gloo on CPU, nccl on GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ..checkpoint import atomic_write, save_model
+from ..losses import groupvit_losses
+from ..model import GroupViT
+from .config import TrainConfig
+from .data import CaptionTable, CaptionTexts, collate, shard_loader, step_batches
+from .sync_batchnorm import synchronise_batchnorm
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class LossModule(nn.Module):
+    """Wraps the model so DistributedDataParallel sees the whole loss computation as one forward."""
+
+    def __init__(self, model: GroupViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return groupvit_losses(self.model, images, texts)
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """Rank, world size and device from torchrun's environment (a single process without it)."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank)
+    dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay for 1-D parameters and biases; everything else, logit scales, position embeddings and
+    group tokens included, is decayed as in the reference (spec 4 and checklist item 11)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def learning_rate(step: int, cfg: TrainConfig, scale: float) -> float:
+    """Linear warmup from warmup_lr, then cosine to min_lr over the whole run (timm's per-step scheduler:
+    the cosine spans all steps and warmup overrides its start). All rates scaled by global batch / reference batch."""
+    lr, warmup_lr, min_lr = cfg.lr * scale, cfg.warmup_lr * scale, cfg.min_lr * scale
+    if step < cfg.warmup_steps:
+        return warmup_lr + step * (lr - warmup_lr) / cfg.warmup_steps
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / cfg.steps))
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate((3, tuple(states["python"]), states["python_pos"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+def save_checkpoint(path: Path, model: GroupViT, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig,
+                    world: int) -> None:  # fmt: skip
+    """Everything needed to continue exactly: weights, optimiser, step, config, every rank's RNG state."""
+    states = [None] * world
+    if world > 1:
+        dist.all_gather_object(states, rng_states())
+    else:
+        states = [rng_states()]
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "train_config": cfg.to_dict(),
+        "model_config": model.config.to_dict(),
+        "rng": states,
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def build_loader(cfg: TrainConfig, rank: int, world: int, start_step: int):
+    from ..data.augment import train_transform
+
+    transform = train_transform(cfg.image_size, preset=cfg.augment)
+    texts = CaptionTexts(cfg.multi_label, cfg.tagger)
+    if cfg.data.lower().endswith((".csv", ".tsv")):
+        table = CaptionTable(cfg.data, transform, texts, seed=cfg.seed)
+        batches = list(step_batches(start_step, cfg.steps, cfg.batch_size, cfg.accum_steps, rank, world))
+        return torch.utils.data.DataLoader(table, batch_sampler=batches, collate_fn=collate, num_workers=cfg.workers)
+    # Streams are reseeded from the step, so a resumed run does not replay the samples it has seen.
+    seed = cfg.seed + 1000 * rank + 7 * start_step
+    return shard_loader(cfg.data, transform, texts, cfg.batch_size, cfg.workers, seed, cfg.shuffle_buffer)
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
+    """Train GroupViT as `cfg` says, writing checkpoints, TensorBoard logs and the final weights to `out`."""
+    if not cfg.data:
+        raise ValueError("no training data: set data to webdataset shards (a/{000..009}.tar) or a CSV/TSV file")
+    out = Path(out)
+    rank, world, device = setup_distributed()
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+    model = GroupViT(cfg.model_config()).to(device)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    if world > 1:  # before the optimiser is built: the conversion makes new BatchNorm parameters
+        model = synchronise_batchnorm(model, device)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    start_step = 0
+    if resume and (out / CHECKPOINT).is_file():
+        state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = state["step"]
+        set_rng_states(state["rng"][rank if rank < len(state["rng"]) else 0])
+    wrapped: nn.Module = LossModule(model)
+    if world > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids, broadcast_buffers=False)
+    global_batch = cfg.batch_size * world * cfg.accum_steps
+    lr_scale = global_batch / cfg.reference_batch
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    main = rank == 0
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        writer = SummaryWriter(out / "tensorboard")
+    batches = iter(build_loader(cfg, rank, world, start_step))
+    skipped_by_worker: dict[int, int] = {}
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=not main, unit="step", dynamic_ncols=True)
+    model.train()
+    tic, seen = time.perf_counter(), 0
+    for step in range(start_step, cfg.steps):
+        lr = learning_rate(step, cfg, lr_scale)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(cfg.accum_steps):
+            images, texts, skipped = next(batches)
+            if isinstance(skipped, dict):  # webdataset workers report their running counts
+                skipped_by_worker[skipped.pop("worker")] = sum(skipped.values())
+            else:
+                skipped_by_worker[0] = skipped_by_worker.get(0, 0) + skipped
+            sync = nullcontext() if world == 1 or micro == cfg.accum_steps - 1 else wrapped.no_sync()
+            with sync:
+                with autocast:
+                    itc, ml = wrapped(images.to(device, non_blocking=True), texts.to(device, non_blocking=True))
+                loss = itc + (ml if ml is not None else 0.0)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at step {step}; stopped. The last good checkpoint "
+                        f"({out / CHECKPOINT}) is kept; resume from it with --resume, perhaps with a lower lr"
+                    )
+                (loss / cfg.accum_steps).backward()
+            seen += images.shape[0] * world
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.update(1)
+        done = step + 1
+        if main and (done % cfg.log_every == 0 or done == cfg.steps):
+            rate = seen / (time.perf_counter() - tic)
+            scalars = {
+                "loss/total": loss.item(),
+                "loss/image_text": itc.item(),
+                "lr": lr,
+                "grad_norm": grad_norm.item(),
+                "logit_scale": model.logit_scale_value().item(),
+                "images_per_second": rate,
+                "skipped_samples": sum(skipped_by_worker.values()),
+            }
+            if ml is not None:
+                scalars["loss/multi_label"] = ml.item()
+                scalars["multi_label_logit_scale"] = model.multi_label_logit_scale.exp().clamp(max=100).item()
+            for key, value in scalars.items():
+                writer.add_scalar(key, value, done)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            save_checkpoint(out / CHECKPOINT, model, optimizer, done, cfg, world)
+    bar.close()
+    if main:
+        save_model(model.eval(), out / "model.safetensors")
+        writer.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return {"steps": cfg.steps, "skipped_samples": sum(skipped_by_worker.values()), "images_seen": seen}
