@@ -136,3 +136,33 @@ def test_two_process_gloo_equals_one_process(dataset, tmp_path):
         if key.endswith("num_batches_tracked"):
             continue
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_webdataset_shard_with_broken_samples(dataset, tmp_path):
+    """24 good samples and 4 broken ones (an undecodable image, a truncated PNG, an empty and a non-UTF-8
+    caption) in one shard, read once in order: 3 batches of 8 train and exactly 4 samples are skipped."""
+    import io
+    import tarfile
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    good = (dataset / "0.png").read_bytes()
+    broken = [(b"not an image", b"a red square"), (good[:40], b"a truncated png"), (good, b"   "),
+              (good, "a caf\u00e9".encode("latin-1"))]  # fmt: skip
+    with tarfile.open(tmp_path / "shard-000000.tar", "w") as tar:
+        for i, (image, caption) in enumerate(broken):
+            add(tar, f"bad{i}.png", image)
+            add(tar, f"bad{i}.txt", caption)
+        for i in range(24):
+            add(tar, f"{i:04d}.png", (dataset / f"{i}.png").read_bytes())
+            add(tar, f"{i:04d}.txt", f"a {COLOURS[i % 4]} square".encode())
+    cmd = train_cmd(dataset, tmp_path / "run", "--steps", "3", "--batch-size", "8", "--save-every", "3",
+                    "resampled=false", "shuffle_buffer=1")  # fmt: skip
+    cmd[cmd.index("--data") + 1] = str(tmp_path / "shard-{000000..000000}.tar")
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "skipped 4 broken samples" in run.stdout

@@ -38,6 +38,7 @@ class TrainConfig:
     augment: str = "groupvit"  # groupvit (RandAugment, random erasing) or light
     workers: int = 4
     shuffle_buffer: int = 10_000
+    resampled: bool = True  # shards drawn with replacement per worker; False: each shard once per epoch
     # bookkeeping
     seed: int = 0
     save_every: int = 500

@@ -118,7 +118,15 @@ def build_loader(cfg: TrainConfig, rank: int, world: int, start_step: int):
         return torch.utils.data.DataLoader(table, batch_sampler=batches, collate_fn=collate, num_workers=cfg.workers)
     # Streams are reseeded from the step, so a resumed run does not replay the samples it has seen.
     seed = cfg.seed + 1000 * rank + 7 * start_step
-    return shard_loader(cfg.data, transform, texts, cfg.batch_size, cfg.workers, seed, cfg.shuffle_buffer)
+    return shard_loader(
+        cfg.data, transform, texts, cfg.batch_size, cfg.workers, seed, cfg.shuffle_buffer, resampled=cfg.resampled
+    )
+
+
+def forever(loader):
+    """Start a new pass over the data whenever one ends (epoch-based shards)."""
+    while True:
+        yield from loader
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
@@ -157,7 +165,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         writer = SummaryWriter(out / "tensorboard")
-    batches = iter(build_loader(cfg, rank, world, start_step))
+    batches = forever(build_loader(cfg, rank, world, start_step))
     skipped_by_worker: dict[int, int] = {}
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not main, unit="step", dynamic_ncols=True)
     model.train()
