@@ -162,6 +162,35 @@ def _prepare_nouns(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation.datasets import load_dataset
+    from .evaluation.run import DATASET_DEFAULT, calibrate_background, evaluate_segmentation, format_table
+    from .training.loop import setup_distributed
+
+    rank, _, _ = setup_distributed()
+    dataset = load_dataset(args.dataset, args.root, split=args.split)
+    model = _load(args)
+    threshold = DATASET_DEFAULT if args.background_threshold is None else args.background_threshold
+    options = dict(templates=args.templates, batch_size=args.batch_size, autocast_dtype=_dtype(args))
+    calibration = None
+    if args.calibrate_background:
+        held_out = load_dataset(args.dataset, args.root, split=args.calibration_split)
+        threshold, curve = calibrate_background(model, held_out, args.calibrate_background, args.mode, **options)
+        calibration = {"split": args.calibration_split, "images": args.calibrate_background, "chosen": threshold,
+                       "miou_by_threshold": curve}  # fmt: skip
+    result = evaluate_segmentation(model, dataset, args.mode, threshold, refine=args.refine, limit=args.limit,
+                                   oracle=args.oracle, **options)  # fmt: skip
+    if calibration:
+        result["calibration"] = calibration
+    if rank == 0:
+        print(format_table(result))
+        if args.out:
+            out = Path(args.out)
+            atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+            print(f"wrote {out}")
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="NVlabs .pth, transformers folder or our .safetensors")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -218,6 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel processes, one tagger each")
     p.add_argument("--skip-existing", action="store_true", help="leave shards already written alone")
     p.set_defaults(run=_prepare_nouns)
+
+    p = sub.add_parser("eval", help="zero-shot segmentation mIoU on a standard benchmark (spec 5)")
+    p.add_argument("--dataset", required=True,
+                   choices=["voc", "context", "coco_object", "voc20", "context59", "ade20k", "cityscapes"])  # fmt: skip
+    p.add_argument("--root", required=True, help="the dataset folder, e.g. VOCdevkit/VOC2012")
+    p.add_argument("--split", default="val")
+    p.add_argument("--mode", choices=["slide", "whole"], default="slide")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--out", help="write the results as JSON (miou, pixel_accuracy, per_class in percent)")
+    p.add_argument("--oracle", action="store_true", help="also score groups named by their majority GT class")
+    p.add_argument("--refine", choices=["pamr"], help="PAMR refinement (a protocol variant)")
+    p.add_argument("--background-threshold", type=float, help="override the dataset's threshold (a variant)")
+    p.add_argument("--calibrate-background", type=int, metavar="N",
+                   help="pick the threshold on N images of --calibration-split (a variant)")  # fmt: skip
+    p.add_argument("--calibration-split", default="train")
+    p.add_argument("--templates", default="simple", choices=["simple", "subset", "full"])
+    p.add_argument("--batch-size", type=int, default=8, help="crops per encoder batch")
+    _add_model_options(p)
+    p.set_defaults(run=_eval)
 
     p = sub.add_parser("classify", help="rank class names for whole images (zero-shot, ImageNet protocol)")
     p.add_argument("images", nargs="+")

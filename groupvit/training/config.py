@@ -44,7 +44,10 @@ class TrainConfig:
     save_every: int = 500
     log_every: int = 10
     eval_every: int = 0  # zero-shot segmentation every N steps (0: off); needs eval_root
-    eval_root: str = ""  # a VOC-layout folder for the evaluation hook
+    eval_dataset: str = "voc"
+    eval_root: str = ""  # the dataset folder for the evaluation hook, e.g. VOCdevkit/VOC2012
+    eval_images: int = 0  # evaluate on the first N images (0: all)
+    eval_mode: str = "whole"
     grad_checkpointing: bool = False
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with checkpoints

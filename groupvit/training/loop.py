@@ -129,10 +129,24 @@ def forever(loader):
         yield from loader
 
 
+def evaluate(model: GroupViT, cfg: TrainConfig) -> dict:
+    """The zero-shot segmentation hook: mIoU on `eval_root`, images split across ranks."""
+    from ..evaluation.datasets import load_dataset
+    from ..evaluation.run import evaluate_segmentation
+
+    dataset = load_dataset(cfg.eval_dataset, cfg.eval_root)
+    model.eval()
+    result = evaluate_segmentation(model, dataset, cfg.eval_mode, limit=cfg.eval_images or None, progress=False)
+    model.train()
+    return result
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     """Train GroupViT as `cfg` says, writing checkpoints, TensorBoard logs and the final weights to `out`."""
     if not cfg.data:
         raise ValueError("no training data: set data to webdataset shards (a/{000..009}.tar) or a CSV/TSV file")
+    if cfg.eval_every and not cfg.eval_root:
+        raise ValueError("eval_every is set but eval_root is empty: point it at e.g. VOCdevkit/VOC2012")
     out = Path(out)
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed + rank)
@@ -214,6 +228,13 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
             for key, value in scalars.items():
                 writer.add_scalar(key, value, done)
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+            result = evaluate(model, cfg)
+            if main:
+                writer.add_scalar("eval/miou", result["miou"], done)
+                writer.add_scalar("eval/groups_in_use", result["groups_in_use"], done)
+                tqdm.write(f"step {done}: {cfg.eval_dataset} mIoU {result['miou']:.2f}, "
+                           f"groups in use {result['groups_in_use']:.2f}")  # fmt: skip
         if done % cfg.save_every == 0 or done == cfg.steps:
             save_checkpoint(out / CHECKPOINT, model, optimizer, done, cfg, world)
     bar.close()

@@ -1,0 +1,107 @@
+"""Zero-shot segmentation evaluation on a labelled dataset (spec 5.2-5.4), split across ranks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..model import GroupViT
+from ..segmentation import ZeroShotSegmenter
+from .metrics import ConfusionMatrix, oracle_labels
+
+DATASET_DEFAULT = object()  # "use the dataset's own background threshold"
+CALIBRATION_GRID = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def evaluate_segmentation(
+    model: GroupViT,
+    dataset,
+    mode: str = "slide",
+    background_threshold: float | object | None = DATASET_DEFAULT,
+    templates: str | Sequence[str] = "simple",
+    refine: str | None = None,
+    limit: int | None = None,
+    oracle: bool = False,
+    batch_size: int = 8,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> dict:
+    """mIoU, pixel accuracy and per-class IoU (percent) of `dataset` (see groupvit.evaluation.datasets), plus
+    the mean number of final groups in use per image and, with `oracle`, the scores of the oracle naming."""
+    rank, world = _rank_world()
+    if not dataset.has_background:
+        threshold = None
+    elif background_threshold is DATASET_DEFAULT:
+        threshold = dataset.background_threshold
+    else:
+        threshold = background_threshold
+    segmenter = ZeroShotSegmenter(
+        model, dataset.class_names, background_threshold=threshold, mode=mode, templates=templates, refine=refine,
+        batch_size=batch_size, autocast_dtype=autocast_dtype,
+    )  # fmt: skip
+    names = (["background"] if dataset.has_background else []) + list(dataset.class_names)
+    scores, oracle_scores = ConfusionMatrix(len(names)), ConfusionMatrix(len(names))
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    groups_used = torch.zeros(2, dtype=torch.float64)  # [sum of groups in use, images]
+    for i in tqdm(range(rank, total, world), disable=not (progress and rank == 0), desc=f"eval {dataset.name}"):
+        _, image, target = dataset[i]
+        result = segmenter(image)
+        prediction = result.labels if dataset.has_background else result.labels - 1
+        scores.update(prediction, target)
+        final_groups = result.group_maps[-1]
+        groups_used += torch.tensor([len(np.unique(final_groups)), 1.0], dtype=torch.float64)
+        if oracle:
+            oracle_scores.update(oracle_labels(final_groups, target), target)
+    scores.all_reduce()
+    if world > 1:
+        dist.all_reduce(groups_used)
+    out = {
+        "dataset": dataset.name,
+        "images": total,
+        "mode": mode,
+        "background_threshold": threshold,
+        "templates": templates if isinstance(templates, str) else list(templates),
+        "protocol": "official" if refine is None and background_threshold is DATASET_DEFAULT else "variant",
+        **scores.results(names),
+        "groups_in_use": float(groups_used[0] / max(groups_used[1], 1)),
+    }
+    if refine:
+        out["refine"] = refine
+    if oracle:
+        oracle_scores.all_reduce()
+        out["oracle"] = oracle_scores.results(names)
+    return out
+
+
+def calibrate_background(model: GroupViT, dataset, images: int, mode: str = "slide", **kwargs) -> tuple[float, dict]:
+    """Pick the background threshold with the best mIoU on the first `images` images of `dataset` (which must
+    be held apart from the split that is reported). Returns (threshold, {threshold: mIoU})."""
+    curve = {}
+    for t in CALIBRATION_GRID:
+        result = evaluate_segmentation(model, dataset, mode, t, limit=images, progress=False, **kwargs)
+        curve[t] = result["miou"]
+    best = max(curve, key=lambda t: curve[t])
+    return best, curve
+
+
+def format_table(result: dict) -> str:
+    """A console table of per-class IoU and the summary numbers."""
+    rows = [f"{'class':<24}{'IoU':>8}"]
+    for name, iou in result["per_class"].items():
+        rows.append(f"{name:<24}{'absent' if iou is None else f'{iou:.2f}':>8}")
+    rows.append(f"{'mIoU':<24}{result['miou']:>8.2f}")
+    rows.append(f"{'pixel accuracy':<24}{result['pixel_accuracy']:>8.2f}")
+    rows.append(f"{'final groups in use':<24}{result['groups_in_use']:>8.2f}")
+    if "oracle" in result:
+        rows.append(f"{'oracle-named mIoU':<24}{result['oracle']['miou']:>8.2f}")
+    return "\n".join(rows)
