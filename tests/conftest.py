@@ -60,17 +60,28 @@ def make_hf_model(small: bool, seed: int = 0):
     return randomize(GroupViTModel(config), seed)
 
 
-@pytest.fixture(scope="session")
-def hf_small(tmp_path_factory) -> tuple[object, Path]:
-    model = make_hf_model(small=True)
-    path = tmp_path_factory.mktemp("hf_small")
+def save_hf_model(tmp_path_factory, small: bool) -> tuple[object, Path]:
+    model = make_hf_model(small=small)
+    path = tmp_path_factory.mktemp("hf_small" if small else "hf_default")
     model.save_pretrained(path)
     return model, path
+
+
+@pytest.fixture(scope="session")
+def hf_small(tmp_path_factory) -> tuple[object, Path]:
+    return save_hf_model(tmp_path_factory, small=True)
 
 
 @pytest.fixture(scope="session")
 def hf_default(tmp_path_factory) -> tuple[object, Path]:
-    model = make_hf_model(small=False)
-    path = tmp_path_factory.mktemp("hf_default")
-    model.save_pretrained(path)
-    return model, path
+    return save_hf_model(tmp_path_factory, small=False)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory, hf_small) -> Path:
+    """The small random model in our .safetensors format, for CLI tests."""
+    import groupvit
+
+    path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
+    groupvit.save_model(groupvit.load_model(hf_small[1]), path)
+    return path

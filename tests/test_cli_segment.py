@@ -13,15 +13,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-import groupvit
 from groupvit.viz import label_image, overlay, voc_palette
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, hf_small) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
-    groupvit.save_model(groupvit.load_model(hf_small[1]), path)
-    return path
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -49,9 +41,9 @@ def images(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-def test_segment_cli_writes_every_output(checkpoint, images, tmp_path):
+def test_segment_cli_writes_every_output(small_checkpoint, images, tmp_path):
     names = [str(images[k]) for k in ("chelsea", "astronaut", "gray", "rgba", "tiny", "sixteen")]
-    result = run("segment", *names, "--classes", "cat,person,grass", "--checkpoint", str(checkpoint),
+    result = run("segment", *names, "--classes", "cat,person,grass", "--checkpoint", str(small_checkpoint),
                  "--out", str(tmp_path), "--mode", "whole")  # fmt: skip
     assert result.returncode == 0, result.stderr
     for name in names:
@@ -70,9 +62,9 @@ def test_segment_cli_writes_every_output(checkpoint, images, tmp_path):
 
 
 @pytest.mark.slow
-def test_segment_cli_slide_no_background_and_pamr(checkpoint, images, tmp_path):
+def test_segment_cli_slide_no_background_and_pamr(small_checkpoint, images, tmp_path):
     result = run("segment", str(images["chelsea"]), "--classes", "cat,grass", "--no-background", "--refine",
-                 "pamr", "--checkpoint", str(checkpoint), "--out", str(tmp_path))  # fmt: skip
+                 "pamr", "--checkpoint", str(small_checkpoint), "--out", str(tmp_path))  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "chelsea.json").read_text())
     assert "background" not in summary["fractions"] and summary["background_threshold"] is None
@@ -89,22 +81,22 @@ def test_segment_cli_slide_no_background_and_pamr(checkpoint, images, tmp_path):
         (["IMG", "--classes", "cat", "--device", "cuda", "--bf16"], "cuda|GPU"),
     ],
 )
-def test_segment_cli_bad_arguments(checkpoint, images, tmp_path, args, message):
+def test_segment_cli_bad_arguments(small_checkpoint, images, tmp_path, args, message):
     args = [str(images["chelsea"]) if a == "IMG" else a for a in args]
-    result = run("segment", *args, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"))
+    result = run("segment", *args, "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "out"))
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert re.search(message, result.stderr), result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_segment_cli_bad_images_are_skipped_without_partial_output(checkpoint, images, tmp_path):
+def test_segment_cli_bad_images_are_skipped_without_partial_output(small_checkpoint, images, tmp_path):
     (tmp_path / "notes.jpg").write_text("not an image")
     huge = tmp_path / "huge.png"
     Image.new("1", (20_000, 20_000)).save(huge)  # 400 megapixels, tiny on disk
     out = tmp_path / "out"
     result = run("segment", str(tmp_path / "notes.jpg"), str(huge), "--classes", "cat",
-                 "--checkpoint", str(checkpoint), "--out", str(out))  # fmt: skip
+                 "--checkpoint", str(small_checkpoint), "--out", str(out))  # fmt: skip
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "notes.jpg is not an image" in result.stderr and "huge.png is too large" in result.stderr
     assert not out.exists() or not any(out.iterdir())
@@ -115,8 +107,8 @@ def test_segment_cli_needs_a_checkpoint(images):
     assert result.returncode == 2 and "--checkpoint" in result.stderr
 
 
-def test_classify_cli(checkpoint, images):
-    result = run("classify", str(images["chelsea"]), "--classes", "cat,dog,car", "--checkpoint", str(checkpoint))
+def test_classify_cli(small_checkpoint, images):
+    result = run("classify", str(images["chelsea"]), "--classes", "cat,dog,car", "--checkpoint", str(small_checkpoint))
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip()
     assert line.startswith(str(images["chelsea"])) and all(c in line for c in ("cat", "dog", "car"))
