@@ -287,6 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.run(args) or 0
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
+    except (CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"groupvit {args.command}: error: {e}", file=sys.stderr)
         return 2

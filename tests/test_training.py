@@ -166,3 +166,15 @@ def test_webdataset_shard_with_broken_samples(dataset, tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "skipped 4 broken samples" in run.stdout
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(dataset, tmp_path):
+    run = subprocess.run(train_cmd(dataset, tmp_path, "--steps", "8", "--batch-size", "8", "--save-every", "1",
+                                   "lr=1e30", "warmup_steps=0"), capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "at step" in run.stderr and "last good checkpoint" in run.stderr
+    step = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"]
+    assert 1 <= step < 8
+    weights = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
