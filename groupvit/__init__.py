@@ -1,8 +1,10 @@
 """GroupViT: semantic segmentation that emerges from text supervision, in plain modern PyTorch."""
 
 from .checkpoint import CheckpointError, load_model, save_model
+from .classification import ZeroShotClassifier
 from .config import GroupViTConfig, TextConfig, VisionConfig, model_config
 from .model import GroupViT, ImageGroups
+from .segmentation import SegmentationResult, ZeroShotSegmenter
 from .tokenizer import tokenize
 
 __version__ = "0.1.0"
@@ -12,8 +14,11 @@ __all__ = [
     "GroupViT",
     "GroupViTConfig",
     "ImageGroups",
+    "SegmentationResult",
     "TextConfig",
     "VisionConfig",
+    "ZeroShotClassifier",
+    "ZeroShotSegmenter",
     "load_model",
     "model_config",
     "save_model",

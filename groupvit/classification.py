@@ -21,7 +21,7 @@ class ZeroShotClassifier:
     def __init__(self, model: GroupViT, class_names: Sequence[str], templates: str | Sequence[str] = "subset") -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        self.class_names = check_class_names(class_names)
+        self.class_names = check_class_names(class_names, unique=False)
         self.text_embeds = class_text_embeddings(model, self.class_names, get_templates(templates))  # [C, D]
         self.transform = eval_transform(224, resize=256)  # short side 256, centre crop 224 (spec 5.5)
 

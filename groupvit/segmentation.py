@@ -27,8 +27,10 @@ MAX_CLASSES = 1000
 BACKGROUND_THRESHOLDS = {"voc": 0.95, "context": 0.35, "coco_object": 0.95}
 
 
-def check_class_names(class_names: Sequence[str]) -> list[str]:
-    """Strip names and reject empty lists, blank or duplicate names and over MAX_CLASSES names."""
+def check_class_names(class_names: Sequence[str], unique: bool = True) -> list[str]:
+    """Strip names and reject empty lists, blank names, over MAX_CLASSES names and (with `unique`) duplicates.
+
+    Classification allows duplicates: CLIP's ImageNet names repeat 'missile' and 'sunglasses'."""
     if isinstance(class_names, str):
         class_names = [n for n in class_names.split(",")]
     names = [str(n).strip() for n in class_names]
@@ -39,7 +41,7 @@ def check_class_names(class_names: Sequence[str]) -> list[str]:
     if any(not n for n in names):
         raise ValueError(f"empty class name in {list(class_names)!r}; remove stray commas")
     seen: dict[str, str] = {}
-    for n in names:
+    for n in names if unique else ():
         if n.lower() in seen:
             raise ValueError(f"duplicate class name {n!r} (also given as {seen[n.lower()]!r}); each class once")
         seen[n.lower()] = n

@@ -247,3 +247,14 @@ def test_classifier_equals_transformers_computation(hf_small):
         text = F.normalize(hf.get_text_features(input_ids=ids).pooler_output.view(3, 2, -1).mean(1), dim=-1)
         image = F.normalize(hf.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
     torch.testing.assert_close(clf.logits(pixels), image @ text.t(), atol=1e-5, rtol=1e-4)
+
+
+def test_imagenet_names_classify_despite_duplicates(hf_small):
+    from groupvit.evaluation.datasets import IMAGENET_CLASSES
+
+    assert len(IMAGENET_CLASSES) == 1000 and IMAGENET_CLASSES.count("missile") == 2
+    with pytest.raises(ValueError, match="duplicate"):
+        check_class_names(IMAGENET_CLASSES)
+    clf = groupvit.ZeroShotClassifier(groupvit.load_model(hf_small[1]), IMAGENET_CLASSES[:50], templates="simple")
+    assert clf.logits(torch.randn(1, 3, 64, 64)).shape == (1, 50)
+    assert check_class_names(["missile", "missile"], unique=False) == ["missile", "missile"]

@@ -1,0 +1,1 @@
+"""Zero-shot evaluation: benchmark datasets, mIoU metrics and the evaluation loop."""

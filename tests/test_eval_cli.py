@@ -1,0 +1,92 @@
+"""`groupvit eval` on a tiny VOC-layout dataset equals segmenting each image and computing mIoU by hand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from groupvit.evaluation.datasets import load_dataset
+from PIL import Image
+
+import groupvit
+from groupvit.viz import label_image
+
+VOC_NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "table", "dog",
+             "horse", "motorbike", "person", "plant", "sheep", "sofa", "train", "monitor"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("voc") / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = ["2007_000032", "2007_000039", "2008_000123"]
+    for k, image_id in enumerate(ids):
+        h, w = 40 + 8 * k, 56
+        image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        labels = np.zeros((h, w), np.uint8)
+        labels[5:25, 10:40] = [8, 12, 15][k]  # cat, dog, person
+        labels[25:30, 10:40] = 255  # the boundary band VOC ignores
+        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        label_image(labels).save(root / "SegmentationClass" / f"{image_id}.png")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
+    (root / "ImageSets/Segmentation/train.txt").write_text(ids[0] + "\n")
+    return root
+
+
+def hand_miou(predictions: list[np.ndarray], targets: list[np.ndarray], num_classes: int) -> float:
+    ious = []
+    for c in range(num_classes):
+        inter = sum(np.sum((p == c) & (t == c)) for p, t in zip(predictions, targets, strict=True))
+        union = sum(np.sum(((p == c) | (t == c)) & (t != 255)) for p, t in zip(predictions, targets, strict=True))
+        if union:
+            ious.append(inter / union)
+    return 100 * float(np.mean(ious))
+
+
+@pytest.mark.slow
+def test_eval_cli_equals_per_image_segmentation(voc_root, small_checkpoint, tmp_path):
+    out = tmp_path / "voc.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "groupvit", "eval", "--dataset", "voc", "--root", str(voc_root), "--checkpoint",
+         str(small_checkpoint), "--mode", "whole", "--oracle", "--out", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert set(result) >= {"miou", "pixel_accuracy", "per_class", "groups_in_use", "oracle"}
+    assert list(result["per_class"]) == ["background", *VOC_NAMES]
+    assert result["protocol"] == "official" and result["background_threshold"] == 0.95
+
+    model = groupvit.load_model(small_checkpoint)
+    seg = groupvit.segmentation.ZeroShotSegmenter(model, VOC_NAMES, background_threshold=0.95, mode="whole")
+    predictions, targets = [], []
+    for image_id in (voc_root / "ImageSets/Segmentation/val.txt").read_text().split():
+        predictions.append(seg(voc_root / "JPEGImages" / f"{image_id}.jpg").labels)
+        targets.append(np.array(Image.open(voc_root / "SegmentationClass" / f"{image_id}.png")))
+    assert result["miou"] == pytest.approx(hand_miou(predictions, targets, 21), abs=1e-9)
+    assert "mIoU" in run.stdout
+
+
+def test_eval_cli_wrong_root(small_checkpoint, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "groupvit", "eval", "--dataset", "voc", "--root", str(tmp_path), "--checkpoint",
+         str(small_checkpoint)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "ImageSets" in run.stderr or "JPEGImages" in run.stderr
+
+
+def test_calibration_uses_the_held_out_split(voc_root, small_checkpoint):
+    from groupvit.evaluation.run import CALIBRATION_GRID, calibrate_background
+
+    model = groupvit.load_model(small_checkpoint)
+    held_out = load_dataset("voc", voc_root, split="train")
+    threshold, curve = calibrate_background(model, held_out, images=1, mode="whole")
+    assert list(curve) == list(CALIBRATION_GRID) and curve[threshold] == max(curve.values())
