@@ -31,6 +31,7 @@ class ZeroShotClassifier:
         image = F.normalize(self.model.encode_image(pixels.to(self.device)).float(), dim=-1)
         return image @ self.text_embeds.t()
 
+    @torch.no_grad()
     def __call__(self, image: ImageInput, top: int = 5) -> list[tuple[str, float]]:
         """Top classes of one image with softmax probabilities (at the model's logit scale)."""
         logits = self.logits(self.transform(Image.fromarray(load_image(image)))[None])[0]

@@ -168,6 +168,17 @@ def _eval(args: argparse.Namespace) -> int:
     from .training.loop import setup_distributed
 
     rank, _, _ = setup_distributed()
+    if args.dataset == "imagenet":
+        from .evaluation.datasets import ImageFolderClassification
+        from .evaluation.run import evaluate_classification
+
+        templates = "subset" if args.templates == "simple" else args.templates  # spec 5.5 uses the subset
+        result = evaluate_classification(_load(args), ImageFolderClassification(args.root), templates, args.limit)
+        if rank == 0:
+            print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  ({result['images']} images)")
+            if args.out:
+                atomic_write(Path(args.out), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+        return 0
     dataset = load_dataset(args.dataset, args.root, split=args.split)
     model = _load(args)
     threshold = DATASET_DEFAULT if args.background_threshold is None else args.background_threshold
@@ -249,9 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_prepare_nouns)
 
     p = sub.add_parser("eval", help="zero-shot segmentation mIoU on a standard benchmark (spec 5)")
-    p.add_argument("--dataset", required=True,
-                   choices=["voc", "context", "coco_object", "voc20", "context59", "ade20k", "cityscapes"])  # fmt: skip
-    p.add_argument("--root", required=True, help="the dataset folder, e.g. VOCdevkit/VOC2012")
+    benchmarks = ["voc", "context", "coco_object", "voc20", "context59", "ade20k", "cityscapes", "imagenet"]
+    p.add_argument("--dataset", required=True, choices=benchmarks)
+    p.add_argument("--root", required=True, help="the dataset folder, e.g. VOCdevkit/VOC2012 or imagenet/val")
     p.add_argument("--split", default="val")
     p.add_argument("--mode", choices=["slide", "whole"], default="slide")
     p.add_argument("--limit", type=int, help="only the first N images")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from groupvit.evaluation.datasets import load_dataset
 from PIL import Image
 
 import groupvit
+from groupvit.evaluation.datasets import load_dataset
 from groupvit.viz import label_image
 
 VOC_NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "table", "dog",
@@ -90,3 +90,30 @@ def test_calibration_uses_the_held_out_split(voc_root, small_checkpoint):
     held_out = load_dataset("voc", voc_root, split="train")
     threshold, curve = calibrate_background(model, held_out, images=1, mode="whole")
     assert list(curve) == list(CALIBRATION_GRID) and curve[threshold] == max(curve.values())
+
+
+def test_imagenet_style_classification(small_checkpoint, tmp_path):
+    """Top-1/top-5 from the CLI equal the classifier's own ranking of each image."""
+    rng = np.random.default_rng(1)
+    folders = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331"]  # ImageNet wnids
+    for k, wnid in enumerate(folders):
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (60 + k, 80, 3), dtype=np.uint8)).save(tmp_path / "val" / wnid / "a.JPEG")
+    out = tmp_path / "imagenet.json"
+    run = subprocess.run([sys.executable, "-m", "groupvit", "eval", "--dataset", "imagenet", "--root",
+                          str(tmp_path / "val"), "--checkpoint", str(small_checkpoint), "--out", str(out)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    from groupvit.evaluation.datasets import ImageFolderClassification
+
+    dataset = ImageFolderClassification(tmp_path / "val")
+    assert dataset.class_names[:2] == ["tench", "goldfish"]
+    clf = groupvit.ZeroShotClassifier(groupvit.load_model(small_checkpoint), dataset.class_names, "subset")
+    top1 = top5 = 0
+    for path, label in (dataset[i] for i in range(len(dataset))):
+        ranking = [dataset.class_names.index(name) for name, _ in clf(path, top=5)]
+        top1 += ranking[0] == label
+        top5 += label in ranking
+    assert result["images"] == 6
+    assert result["top1"] == pytest.approx(100 * top1 / 6) and result["top5"] == pytest.approx(100 * top5 / 6)

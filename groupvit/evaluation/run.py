@@ -105,3 +105,39 @@ def format_table(result: dict) -> str:
     if "oracle" in result:
         rows.append(f"{'oracle-named mIoU':<24}{result['oracle']['miou']:>8.2f}")
     return "\n".join(rows)
+
+
+@torch.no_grad()
+def evaluate_classification(
+    model: GroupViT, dataset, templates: str | Sequence[str] = "subset", limit: int | None = None,
+    batch_size: int = 64, progress: bool = True,
+) -> dict:  # fmt: skip
+    """Zero-shot top-1 / top-5 accuracy (percent) on an ImageFolder-style set (spec 5.5: short side 256, centre
+    crop 224, CLIP's 7-template subset, cosine logits)."""
+    from PIL import Image
+
+    from ..classification import ZeroShotClassifier
+    from ..image import load_image
+
+    rank, world = _rank_world()
+    classifier = ZeroShotClassifier(model, dataset.class_names, templates=templates)
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    indices = list(range(rank, total, world))
+    counts = torch.zeros(3, dtype=torch.float64)  # [top-1 hits, top-5 hits, images]
+    for start in tqdm(range(0, len(indices), batch_size), disable=not (progress and rank == 0), desc="classify"):
+        items = [dataset[i] for i in indices[start : start + batch_size]]
+        pixels = torch.stack([classifier.transform(Image.fromarray(load_image(path))) for path, _ in items])
+        labels = torch.tensor([label for _, label in items])
+        top = classifier.logits(pixels).topk(min(5, len(dataset.class_names)), dim=-1).indices.cpu()
+        hits = top == labels[:, None]
+        counts += torch.tensor([hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), len(items)], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(counts)
+    images = max(counts[2].item(), 1)
+    return {
+        "dataset": "imagenet",
+        "images": int(counts[2]),
+        "templates": templates if isinstance(templates, str) else list(templates),
+        "top1": counts[0].item() / images * 100,
+        "top5": counts[1].item() / images * 100,
+    }
