@@ -202,6 +202,14 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_coco_object(args: argparse.Namespace) -> int:
+    from .evaluation.datasets import convert_coco_object
+
+    written = convert_coco_object(args.stuff_root, args.out, split=args.split, image_dir=args.images)
+    print(f"wrote {written} COCO-Object label maps under {Path(args.out) / 'annotations' / args.split}")
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="NVlabs .pth, transformers folder or our .safetensors")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -277,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="crops per encoder batch")
     _add_model_options(p)
     p.set_defaults(run=_eval)
+
+    p = sub.add_parser("convert-coco-object", help="make COCO-Object labels from COCO-Stuff-164k (spec 5.4)")
+    p.add_argument("stuff_root", help="folder with stuffthingmaps_trainval2017/<split>/*.png (COCO-Stuff-164k)")
+    p.add_argument("--out", required=True, help="COCO-Object root to write (annotations/<split>, images/<split>)")
+    p.add_argument("--split", default="val2017")
+    p.add_argument("--images", help="folder of the split's COCO images (default: STUFF_ROOT/images/<split>)")
+    p.set_defaults(run=_convert_coco_object)
 
     p = sub.add_parser("classify", help="rank class names for whole images (zero-shot, ImageNet protocol)")
     p.add_argument("images", nargs="+")

@@ -253,3 +253,13 @@ def test_cli_reports_bad_checkpoint_without_traceback(tmp_path):
     assert run.returncode != 0
     assert "Traceback" not in run.stderr and "cannot read" in run.stderr
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_transformers_folder_with_pytorch_model_bin(hf_small, tmp_path):
+    hf, path = hf_small
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    for a, b in zip(
+        embeddings(groupvit.load_model(tmp_path), 64), embeddings(groupvit.load_model(path), 64), strict=True
+    ):
+        assert torch.equal(a, b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,36 @@ def test_imagenet_style_classification(small_checkpoint, tmp_path):
         top5 += label in ranking
     assert result["images"] == 6
     assert result["top1"] == pytest.approx(100 * top1 / 6) and result["top5"] == pytest.approx(100 * top5 / 6)
+
+
+def test_convert_coco_object_cli(tmp_path):
+    raw = tmp_path / "stuff" / "stuffthingmaps_trainval2017" / "val2017"
+    images = tmp_path / "stuff" / "images" / "val2017"
+    raw.mkdir(parents=True)
+    images.mkdir(parents=True)
+    Image.fromarray(np.array([[0, 89, 120, 255]], np.uint8)).save(raw / "000000000139.png")
+    Image.fromarray(np.zeros((1, 4, 3), np.uint8)).save(images / "000000000139.jpg")
+    run = subprocess.run([sys.executable, "-m", "groupvit", "convert-coco-object", str(tmp_path / "stuff"), "--out",
+                          str(tmp_path / "coco_object")], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = np.array(Image.open(tmp_path / "coco_object/annotations/val2017/000000000139_instanceTrainIds.png"))
+    assert out.tolist() == [[1, 80, 0, 0]]  # person, toothbrush, stuff -> background, unlabelled -> background
+    dataset = load_dataset("coco_object", tmp_path / "coco_object")
+    assert len(dataset) == 1 and dataset.class_names[0] == "person"
+
+
+@pytest.mark.slow
+def test_eval_under_torchrun_merges_ranks_exactly(voc_root, small_checkpoint, tmp_path):
+    single, double = tmp_path / "one.json", tmp_path / "two.json"
+    args = ["eval", "--dataset", "voc", "--root", str(voc_root), "--checkpoint", str(small_checkpoint), "--mode",
+            "whole"]  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, "-m", "groupvit", *args, "--out", str(single)], capture_output=True, text=True
+    )
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    two = subprocess.run([*torchrun, "-m", "groupvit", *args, "--out", str(double)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    a, b = json.loads(single.read_text()), json.loads(double.read_text())
+    assert a["miou"] == b["miou"] and a["per_class"] == b["per_class"] and a["groups_in_use"] == b["groups_in_use"]

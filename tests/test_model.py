@@ -125,3 +125,22 @@ def test_info_cli():
     assert run.returncode == 0, run.stderr
     assert "parameters: 55,726,610" in run.stdout
     assert "196 tokens into 64 groups -> 64 tokens into 8 groups" in run.stdout
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    cfg = groupvit.model_config("small")
+    cfg.vision.gumbel = False  # no noise, so both passes assign identically
+    model = groupvit.GroupViT(cfg).train()
+    pixels, ids = torch.randn(4, 3, 64, 64), groupvit.tokenize(["a cat", "a dog", "a car", "a tree"])
+
+    def grads():
+        model.zero_grad()
+        image, text, scale = model(pixels, ids)
+        (scale * image @ text.t()).logsumexp(-1).sum().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = grads()
+    model.set_grad_checkpointing(True)
+    for a, b in zip(plain, grads(), strict=True):
+        torch.testing.assert_close(a, b)
