@@ -163,6 +163,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         start_step = state["step"]
         set_rng_states(state["rng"][rank if rank < len(state["rng"]) else 0])
+    elif resume and rank == 0:
+        print(f"groupvit train: no {out / CHECKPOINT} to resume from; starting from step 0", flush=True)
     wrapped: nn.Module = LossModule(model)
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -199,9 +201,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
                 with autocast:
                     itc, ml = wrapped(images.to(device, non_blocking=True), texts.to(device, non_blocking=True))
                 loss = itc + (ml if ml is not None else 0.0)
-                if not torch.isfinite(loss):
+                finite = torch.isfinite(loss.detach()).float()
+                if world > 1:  # every rank stops together instead of waiting on one that stopped
+                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+                if not finite.item():
                     raise FloatingPointError(
-                        f"loss is {loss.item()} at step {step}; stopped. The last good checkpoint "
+                        f"non-finite loss at step {step} (this rank: {loss.item()}); stopped. The last good checkpoint "
                         f"({out / CHECKPOINT}) is kept; resume from it with --resume, perhaps with a lower lr"
                     )
                 (loss / cfg.accum_steps).backward()
