@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -85,3 +87,24 @@ def small_checkpoint(tmp_path_factory, hf_small) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
     groupvit.save_model(groupvit.load_model(hf_small[1]), path)
     return path
+
+
+def write_tiny_voc(folder: Path, count: int = 3) -> Path:
+    """A PASCAL VOC 2012 layout with `count` random images: a cat/dog/person box and an ignored band each."""
+    from groupvit.viz import label_image
+
+    root = folder / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = ["2007_000032", "2007_000039", "2008_000123"][:count]
+    for k, image_id in enumerate(ids):
+        h, w = 40 + 8 * k, 56
+        labels = np.zeros((h, w), np.uint8)
+        labels[5:25, 10:40] = [8, 12, 15][k]  # cat, dog, person
+        labels[25:30, 10:40] = 255  # the boundary band VOC ignores
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        label_image(labels).save(root / "SegmentationClass" / f"{image_id}.png")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
+    (root / "ImageSets/Segmentation/train.txt").write_text(ids[0] + "\n")
+    return root

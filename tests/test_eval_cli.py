@@ -14,7 +14,7 @@ from PIL import Image
 
 import groupvit
 from groupvit.evaluation.datasets import load_dataset
-from groupvit.viz import label_image
+from tests.conftest import write_tiny_voc
 
 VOC_NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "table", "dog",
              "horse", "motorbike", "person", "plant", "sheep", "sofa", "train", "monitor"]  # fmt: skip
@@ -22,22 +22,7 @@ VOC_NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "ca
 
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("voc") / "VOCdevkit" / "VOC2012"
-    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / folder).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    ids = ["2007_000032", "2007_000039", "2008_000123"]
-    for k, image_id in enumerate(ids):
-        h, w = 40 + 8 * k, 56
-        image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-        labels = np.zeros((h, w), np.uint8)
-        labels[5:25, 10:40] = [8, 12, 15][k]  # cat, dog, person
-        labels[25:30, 10:40] = 255  # the boundary band VOC ignores
-        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        label_image(labels).save(root / "SegmentationClass" / f"{image_id}.png")
-    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
-    (root / "ImageSets/Segmentation/train.txt").write_text(ids[0] + "\n")
-    return root
+    return write_tiny_voc(tmp_path_factory.mktemp("voc"))
 
 
 def hand_miou(predictions: list[np.ndarray], targets: list[np.ndarray], num_classes: int) -> float:

@@ -178,3 +178,14 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(dataset, t
     assert 1 <= step < 8
     weights = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_evaluation_hook_logs_miou(dataset, tmp_path):
+    from tests.conftest import write_tiny_voc
+
+    voc = write_tiny_voc(tmp_path / "voc", count=1)
+    run = subprocess.run(train_cmd(dataset, tmp_path / "run", "--steps", "2", "--batch-size", "8", "eval_every=2",
+                                   f"eval_root={voc}"), capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "step 2: voc mIoU" in run.stdout and "groups in use" in run.stdout
