@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-VOC = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "table", "dog", "horse",
-       "motorbike", "person", "plant", "sheep", "sofa", "train", "monitor"]  # fmt: skip
+from groupvit.evaluation.datasets import VOC_CLASSES
+
+VOC = list(VOC_CLASSES)
 VISION_GFLOPS_224 = 7.94  # one 224 image through the vision tower (issue 6)
 
 

@@ -119,9 +119,16 @@ def _is_conv_kernel(key: str) -> bool:
     return bool(re.match(r"^(visual|text)_projection\.fc[12]\.weight$", key))
 
 
+def layout_names(layout: str):
+    """For a layout ('groupvit', 'nvlabs' or 'hf'): our key -> that layout's key(s)."""
+    if layout not in ("groupvit", "nvlabs", "hf"):
+        raise ValueError(f"unknown checkpoint layout {layout!r}; choose 'groupvit', 'hf' or 'nvlabs'")
+    return {"nvlabs": nvlabs_names, "hf": hf_names}.get(layout, lambda key: [key])
+
+
 def import_state_dict(source: dict[str, torch.Tensor], model: GroupViT, layout: str) -> dict[str, torch.Tensor]:
-    """A state dict in `layout` ('nvlabs' or 'hf') -> our key layout, checked against `model`'s shapes."""
-    names = nvlabs_names if layout == "nvlabs" else hf_names
+    """A state dict in `layout` -> our key layout, checked against `model`'s names and shapes."""
+    names = layout_names(layout)
     expected = model.state_dict()
     out, missing, mismatched, used = {}, [], [], set()
     for key, want in expected.items():
@@ -144,7 +151,7 @@ def import_state_dict(source: dict[str, torch.Tensor], model: GroupViT, layout: 
 
 def export_state_dict(model: GroupViT, layout: str) -> dict[str, torch.Tensor]:
     """Our model's weights in `layout` ('nvlabs' or 'hf')."""
-    names = nvlabs_names if layout == "nvlabs" else hf_names
+    names = layout_names(layout)
     out = {}
     for key, value in model.state_dict().items():
         if layout == "hf" and key == "multi_label_logit_scale":
@@ -180,7 +187,7 @@ def _raise_if_incompatible(missing: list[str], mismatched: list[str], unexpected
 
 def infer_config(source: dict[str, torch.Tensor], layout: str) -> GroupViTConfig:
     """Model config from tensor shapes (NVlabs files carry no usable config). Heads assume 64-wide heads."""
-    names = {"nvlabs": nvlabs_names, "hf": hf_names}.get(layout, lambda key: [key])
+    names = layout_names(layout)
 
     def k(key: str) -> str:
         return names(key)[0]
@@ -401,7 +408,7 @@ def _state_dict_from_pickle(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 def read_checkpoint(
     path: str | Path, config: GroupViTConfig | None = None
 ) -> tuple[dict[str, torch.Tensor], GroupViTConfig, str]:
-    """Any supported checkpoint -> (state dict in our layout, config, layout name)."""
+    """Any supported checkpoint -> (state dict in our layout, checked against the config's model; config; layout)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -420,8 +427,7 @@ def read_checkpoint(
     if path.suffix == ".safetensors":
         source, metadata = _read_safetensors(path)
         if metadata.get("format") == FORMAT_TAG:
-            cfg = config or GroupViTConfig.from_dict(json.loads(metadata["config"]))
-            return source, cfg, FORMAT_TAG
+            config = config or GroupViTConfig.from_dict(json.loads(metadata["config"]))
     else:
         source = _state_dict_from_pickle(safe_torch_load(path), path)
     if any(k.startswith("img_encoder.") for k in source):
@@ -429,7 +435,7 @@ def read_checkpoint(
     elif any(k.startswith("vision_model.") for k in source):
         layout = "hf"
     elif any(k.startswith("visual.") for k in source):
-        return source, config or infer_config(source, "ours"), FORMAT_TAG
+        layout = FORMAT_TAG
     else:
         raise CheckpointError(
             f"{path} is not a GroupViT checkpoint: no 'img_encoder.' (NVlabs) or 'vision_model.' "
@@ -446,18 +452,9 @@ def load_model(path: str | Path, config: GroupViTConfig | None = None, device: s
 
     `config` overrides the config read from (or inferred for) the file, e.g. for unusual head counts.
     """
-    state_dict, cfg, _ = read_checkpoint(path, config)
+    state_dict, cfg, _ = read_checkpoint(path, config)  # already checked against the architecture
     with torch.device("meta"):
         model = GroupViT(cfg)
-    expected = model.state_dict()
-    mismatched = [
-        f"{k}: file {list(v.shape)}, GroupViT expects {list(expected[k].shape)}"
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    _raise_if_incompatible(
-        [k for k in expected if k not in state_dict], mismatched, [k for k in state_dict if k not in expected]
-    )
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     model.load_state_dict(state_dict, assign=True)
     return model.to(device).eval()

@@ -172,17 +172,16 @@ def _eval(args: argparse.Namespace) -> int:
         from .evaluation.datasets import ImageFolderClassification
         from .evaluation.run import evaluate_classification
 
-        templates = "subset" if args.templates == "simple" else args.templates  # spec 5.5 uses the subset
+        templates = args.templates or "subset"  # spec 5.5
         result = evaluate_classification(_load(args), ImageFolderClassification(args.root), templates, args.limit)
         if rank == 0:
             print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  ({result['images']} images)")
-            if args.out:
-                atomic_write(Path(args.out), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+            _write_json(args.out, result)
         return 0
     dataset = load_dataset(args.dataset, args.root, split=args.split)
     model = _load(args)
     threshold = DATASET_DEFAULT if args.background_threshold is None else args.background_threshold
-    options = dict(templates=args.templates, batch_size=args.batch_size, autocast_dtype=_dtype(args))
+    options = dict(templates=args.templates or "simple", batch_size=args.batch_size, autocast_dtype=_dtype(args))
     calibration = None
     if args.calibrate_background:
         held_out = load_dataset(args.dataset, args.root, split=args.calibration_split)
@@ -195,11 +194,14 @@ def _eval(args: argparse.Namespace) -> int:
         result["calibration"] = calibration
     if rank == 0:
         print(format_table(result))
-        if args.out:
-            out = Path(args.out)
-            atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
-            print(f"wrote {out}")
+        _write_json(args.out, result)
     return 0
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+        print(f"wrote {path}")
 
 
 def _convert_coco_object(args: argparse.Namespace) -> int:
@@ -281,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate-background", type=int, metavar="N",
                    help="pick the threshold on N images of --calibration-split (a variant)")  # fmt: skip
     p.add_argument("--calibration-split", default="train")
-    p.add_argument("--templates", default="simple", choices=["simple", "subset", "full"])
+    p.add_argument("--templates", choices=["simple", "subset", "full"],
+                   help="prompt templates (default: simple for segmentation, subset for imagenet)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="crops per encoder batch")
     _add_model_options(p)
     p.set_defaults(run=_eval)

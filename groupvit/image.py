@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# ImageNet statistics on 0-255 RGB, as the reference's test pipeline uses (spec 5.2).
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
+# ImageNet statistics; the test pipeline applies them on 0-255 RGB: mean (123.675, 116.28, 103.53) (spec 5.2).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_PIXELS = 64_000_000
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -90,6 +90,6 @@ def to_tensor(image: np.ndarray, size: tuple[int, int] | None = None) -> torch.T
     x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float()  # [1, 3, H, W]
     if size is not None and tuple(size) != tuple(x.shape[2:]):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
     return (x - mean) / std

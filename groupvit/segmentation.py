@@ -32,7 +32,7 @@ def check_class_names(class_names: Sequence[str], unique: bool = True) -> list[s
 
     Classification allows duplicates: CLIP's ImageNet names repeat 'missile' and 'sunglasses'."""
     if isinstance(class_names, str):
-        class_names = [n for n in class_names.split(",")]
+        class_names = class_names.split(",")
     names = [str(n).strip() for n in class_names]
     if not names:
         raise ValueError("no class names given; pass e.g. 'dog,grass,sky'")

@@ -227,6 +227,12 @@ def test_wrong_architecture_vit_b_shapes(tmp_path):
         groupvit.load_model(tmp_path / "wide.pth", config=groupvit.model_config("small"))
 
 
+def test_our_format_checked_like_the_others(tmp_path):
+    groupvit.save_model(groupvit.GroupViT(groupvit.model_config("small")), tmp_path / "small.safetensors")
+    with pytest.raises(CheckpointError, match=r"other shapes.*visual\.pos_embed: file \[1, 64, 128\]"):
+        groupvit.load_model(tmp_path / "small.safetensors", config=groupvit.model_config("gcc_yfcc"))
+
+
 def test_plain_vit_checkpoint_is_not_groupvit(tmp_path):
     state = {"cls_token": torch.zeros(1, 1, 768), "blocks.0.attn.qkv.weight": torch.zeros(2304, 768)}
     torch.save(state, tmp_path / "vit_b16.pth")

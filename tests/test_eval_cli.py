@@ -13,11 +13,10 @@ import pytest
 from PIL import Image
 
 import groupvit
-from groupvit.evaluation.datasets import load_dataset
+from groupvit.evaluation.datasets import VOC_CLASSES, load_dataset
 from tests.conftest import write_tiny_voc
 
-VOC_NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "table", "dog",
-             "horse", "motorbike", "person", "plant", "sheep", "sofa", "train", "monitor"]  # fmt: skip
+VOC_NAMES = list(VOC_CLASSES)
 
 
 @pytest.fixture(scope="module")

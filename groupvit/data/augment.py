@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..image import IMAGENET_MEAN, IMAGENET_STD
+
 # RandAugment fills pixels uncovered by geometric ops with the dataset mean on 0-255, as timm does
 # (round(255 * mean)): (124, 116, 104).
 FILL_COLOR: tuple[int, ...] = tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN)

@@ -23,10 +23,8 @@ import braceexpand
 import torch
 from PIL import Image
 
+from ..data.nouns import CAPTION_KEYS, IMAGE_KEYS
 from ..tokenizer import tokenize
-
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-CAPTION_KEYS = ("txt", "text")
 
 
 class CaptionTexts:
