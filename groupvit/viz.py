@@ -119,3 +119,37 @@ def result_grid(rows: Sequence[Sequence[Image.Image]], titles: Sequence[str] | N
         canvas.paste(im, (0, y))
         y += im.height + 4
     return canvas
+
+
+def comparison_grid(
+    rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    label_names: Sequence[str],
+    titles: Sequence[str] = ("image", "ground truth", "prediction"),
+    ignore_index: int = 255,
+) -> Image.Image:
+    """One picture for an evaluation report: a row per image of (photo, ground truth, prediction).
+
+    rows: (RGB uint8 [H, W, 3], ground truth [H, W], prediction [H, W]) with integer labels in the dataset's
+    label space (label i is `label_names[i]`; with a background class, `label_names[0]` is 'background'), and
+    `ignore_index` for unlabelled pixels. Label maps are drawn in the VOC palette (ignored pixels in VOC's
+    cream boundary colour), rows may differ in size, and a legend of every label seen in the grid is added on
+    the right. Returns an RGB PIL image.
+    """
+    if not rows:
+        raise ValueError("comparison_grid needs at least one (image, ground truth, prediction) row")
+    palette, seen = voc_palette(), set()
+    pictures = []
+    for image, truth, prediction in rows:
+        if not image.shape[:2] == truth.shape == prediction.shape:
+            raise ValueError(
+                f"image {image.shape[:2]}, ground truth {truth.shape} and prediction {prediction.shape} differ in size"
+            )
+        for labels in (truth, prediction):
+            seen.update(int(i) for i in np.unique(labels))
+            if (labels != ignore_index).any() and labels[labels != ignore_index].max() >= len(label_names):
+                raise ValueError(f"label {int(labels[labels != ignore_index].max())} has no name in label_names")
+        pictures.append([Image.fromarray(image), *(Image.fromarray(colorize(m, palette)) for m in (truth, prediction))])
+    entries = [(label_names[i], tuple(palette[i])) for i in sorted(seen - {ignore_index})]
+    if ignore_index in seen:
+        entries.append(("ignored", tuple(palette[ignore_index % len(palette)])))
+    return add_legend(result_grid(pictures, titles), entries)
