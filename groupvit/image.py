@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,23 +32,27 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return ((array - lo) / max(hi - lo, 1e-12) * 255).round().astype(np.uint8)
 
 
-def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS, formats: Sequence[str] | None = None) -> np.ndarray:
     """A path, PIL image or numpy array -> RGB uint8 [H, W, 3]. Grayscale, alpha and 16-bit are converted;
-    EXIF orientation is applied. Raises ValueError with the reason for anything else."""
+    EXIF orientation is applied. Raises ValueError with the reason for anything else.
+
+    formats: Pillow format names a file may have (e.g. ("PNG", "JPEG")), whatever its extension; None allows
+    every format Pillow reads. Servers should pass a list: some decoders (EPS) run external programs."""
     if isinstance(image, str | Path):
         path = Path(image)
         if not path.is_file():
             raise ValueError(f"image not found: {path}")
         try:
-            pil = Image.open(path)
+            pil = Image.open(path, formats=formats)
         except Image.DecompressionBombError as e:  # Pillow's own guard, above ~179 megapixels
             raise ValueError(f"{path} is too large to decode safely ({e}); downscale it first") from None
         except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{path} is not an image Pillow can read ({e})") from None
+            kind = "an image Pillow can read" if formats is None else f"a {', '.join(formats)} image"
+            raise ValueError(f"{path} is not {kind} ({e})") from None
         if pil.width * pil.height > max_pixels:
             raise ValueError(
-                f"{path} is {pil.width}x{pil.height} = {pil.width * pil.height / 1e6:.0f} megapixels, over the "
-                f"limit of {max_pixels / 1e6:.0f}; downscale it first"
+                f"{path} is {pil.width}x{pil.height} = {pil.width * pil.height / 1e6:.1f} megapixels, over the "
+                f"limit of {max_pixels / 1e6:g}; downscale it first"
             )
         try:
             pil = ImageOps.exif_transpose(pil)
