@@ -212,6 +212,18 @@ def _convert_coco_object(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise ValueError("the app needs gradio: pip install -c constraints.txt -e '.[demo]'")
+    from .app import Limits, run_app
+
+    limits = Limits(max_pixels=args.max_pixels, max_classes=args.max_classes, max_file_size=args.max_upload_mb << 20)
+    run_app(args.checkpoint, host=args.host, port=args.port, device=args.device, limits=limits)
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="NVlabs .pth, transformers folder or our .safetensors")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -303,6 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5)
     _add_model_options(p)
     p.set_defaults(run=_classify)
+
+    p = sub.add_parser("app", help="a web page (Gradio) to segment photos into any words and see the groups")
+    p.add_argument("--checkpoint", help="trained weights (any layout load_model reads), or a preset name for "
+                   "untrained random weights (default: random gcc_yfcc; the page warns)")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when a GPU is visible, else cpu")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest upload, in pixels")
+    p.add_argument("--max-classes", type=int, default=30, help="most class names per request")
+    p.add_argument("--max-upload-mb", type=int, default=32, help="largest upload, in MiB")
+    p.set_defaults(run=_app)
     return parser
 
 

@@ -51,7 +51,7 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS, formats: Sequenc
             raise ValueError(f"{path} is not {kind} ({e})") from None
         if pil.width * pil.height > max_pixels:
             raise ValueError(
-                f"{path} is {pil.width}x{pil.height} = {pil.width * pil.height / 1e6:.1f} megapixels, over the "
+                f"{path} is {pil.width}x{pil.height} = {pil.width * pil.height / 1e6:.3g} megapixels, over the "
                 f"limit of {max_pixels / 1e6:g}; downscale it first"
             )
         try:

@@ -1,0 +1,245 @@
+"""`groupvit app`: a Gradio page to segment a photo into any words and see what each grouping stage gathered.
+
+One model is loaded at start; class text embeddings are computed once per vocabulary and shared by all requests.
+Uploads and result pictures live in a temporary folder made for this server and removed when it stops; the
+handler reads nothing else. Without trained weights (`--checkpoint` missing or naming a preset) the page says,
+at the top, that it shows untrained random weights.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Both libraries read these when imported. Without them, on a machine with no internet, gradio's analytics and
+# hub lookups stall for about 10 s per call and at exit.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import copy
+import html
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoint import load_model
+from .config import list_presets, model_config
+from .image import load_image
+from .model import GroupViT
+from .segmentation import BACKGROUND_THRESHOLDS, ZeroShotSegmenter, check_class_names
+from .viz import group_maps_image, overlay, voc_palette
+
+# Decoders the server will run on uploads, checked from the file's content, not its name (Pillow's EPS decoder,
+# for one, calls Ghostscript).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+FILE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MODES = ("slide", "whole")
+DEFAULT_PRESET = "gcc_yfcc"
+# scikit-image ships these photographs in its wheel, so the examples work offline.
+EXAMPLES = {"astronaut": "person, flag, rocket, sky", "coffee": "cup, saucer, spoon, table", "chelsea": "cat, floor"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the page accepts; each limit is checked with a message shown on the page."""
+
+    max_pixels: int = 40_000_000  # of an upload, read from its header before decoding
+    max_classes: int = 30
+    max_file_size: int = 32 * 2**20  # bytes; gradio refuses larger uploads before they reach the handler
+    # The protocol resizes to a 448 short side anyway; larger photos are reduced first so that the pictures sent
+    # back stay small.
+    max_side: int = 1024
+
+
+def load_app_model(checkpoint: str | None, device: str) -> tuple[GroupViT, str, str | None]:
+    """(model, what it is, warning for the page or None). `checkpoint` is a file or folder `load_model` reads, a
+    preset name (random weights of that architecture), or None for the `gcc_yfcc` preset."""
+    if checkpoint is not None and Path(checkpoint).exists():
+        model = load_model(checkpoint, device=device)
+        return model, f"`{Path(checkpoint).name}`", None
+    preset = checkpoint or DEFAULT_PRESET
+    if preset not in list_presets():
+        presets = ", ".join(list_presets())
+        raise ValueError(f"--checkpoint {checkpoint!r} is neither a checkpoint file/folder nor a preset ({presets})")
+    torch.manual_seed(0)  # the same random model on every start
+    model = GroupViT(model_config(preset)).to(device).eval()
+    warning = (
+        f"Untrained random weights ({preset} architecture): the pictures show how the pipeline works, not what "
+        "GroupViT learns. No released weights are downloaded; restart with `--checkpoint` naming trained weights "
+        "(the model.safetensors of `groupvit train`, an NVlabs .pth or a transformers folder)."
+    )
+    return model, f"random `{preset}` preset", warning
+
+
+def legend_html(class_names: Sequence[str], labels: np.ndarray) -> str:
+    """An HTML table: per requested class (and background), its overlay colour and its share of the pixels."""
+    fractions = np.bincount(labels.ravel(), minlength=len(class_names) + 1) / labels.size
+    palette = voc_palette()
+    rows = []
+    for i, name in enumerate(["background", *class_names]):
+        # Background is left unpainted in the overlay, so its swatch is empty.
+        color = "transparent" if i == 0 else "rgb({},{},{})".format(*palette[i])
+        swatch = f'<span style="display:inline-block;width:1em;height:1em;border:1px solid #888;background:{color}">'
+        rows.append(f"<tr><td>{swatch}</span></td><td>{html.escape(name)}</td><td>{fractions[i]:.1%}</td></tr>")
+    return f'<table class="groupvit-legend"><tr><th></th><th>class</th><th>pixels</th></tr>{"".join(rows)}</table>'
+
+
+class SegmentationApp:
+    """The page's state (model, segmenter with its text-embedding cache, limits) and its request handler."""
+
+    def __init__(
+        self, model: GroupViT, description: str, warning: str | None, temp_dir: str | Path, limits: Limits = Limits()
+    ) -> None:
+        self.description, self.warning, self.limits = description, warning, limits
+        self.temp_dir = Path(temp_dir).resolve()
+        self.segmenter = ZeroShotSegmenter(model, ["object"], background_threshold=BACKGROUND_THRESHOLDS["voc"])
+
+    def read_image(self, path: str) -> np.ndarray:
+        """An uploaded file -> RGB uint8 [H, W, 3], reduced to `max_side`; gr.Error with the reason otherwise."""
+        file = Path(path).resolve()
+        if not file.is_relative_to(self.temp_dir):  # gradio checks this too; the handler never reads elsewhere
+            raise gr.Error("That file was not uploaded to this page.")
+        try:
+            rgb = load_image(file, max_pixels=self.limits.max_pixels, formats=IMAGE_FORMATS)
+        except ValueError as e:  # name the upload, not its path on the server
+            raise gr.Error(str(e).replace(str(file), file.name)) from None
+        height, width = rgb.shape[:2]
+        scale = self.limits.max_side / max(height, width)
+        if scale < 1:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+        return rgb
+
+    def read_classes(self, text: str) -> list[str]:
+        try:
+            names = check_class_names(text)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        if len(names) > self.limits.max_classes:
+            raise gr.Error(f"{len(names)} class names given; this page takes at most {self.limits.max_classes}.")
+        return names
+
+    def segment(
+        self, path: str | None, classes: str, threshold: float, mode: str
+    ) -> tuple[Image.Image, str, Image.Image, str]:
+        """The page's request: (overlay with legend, legend table HTML, group maps per stage, status line)."""
+        if not path:
+            raise gr.Error("Upload an image or pick an example first.")
+        if mode not in MODES:
+            raise gr.Error(f"test mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise gr.Error(f"the background threshold must be between 0 and 1, got {threshold}")
+        names = self.read_classes(classes)
+        rgb = self.read_image(path)
+        # A shallow copy per request: the model and the per-vocabulary text cache are shared, the settings are not.
+        segmenter = copy.copy(self.segmenter)
+        segmenter.mode, segmenter.background_threshold = mode, float(threshold)
+        start = time.perf_counter()
+        segmenter.set_classes(names)
+        result = segmenter(rgb)
+        seconds = time.perf_counter() - start
+        status = (
+            f"{rgb.shape[1]}x{rgb.shape[0]} pixels, {mode} mode, background threshold {float(threshold):.2f}: "
+            f"{seconds:.2f} s on {segmenter.device.type}"
+        )
+        return (
+            overlay(rgb, result.labels, names),
+            legend_html(names, result.labels),
+            group_maps_image(rgb, result.group_maps),
+            status,
+        )
+
+    def write_examples(self) -> list[list[str]]:
+        """Save scikit-image's example photos into the temp folder (gradio serves only files it may read)."""
+        import skimage.data
+
+        folder = self.temp_dir / "examples"
+        folder.mkdir(exist_ok=True)
+        rows = []
+        for name, classes in EXAMPLES.items():
+            path = folder / f"{name}.png"
+            Image.fromarray(getattr(skimage.data, name)()).save(path)
+            rows.append([str(path), classes])
+        return rows
+
+    def build(self) -> gr.Blocks:
+        formats, megapixels = ", ".join(IMAGE_FORMATS), self.limits.max_pixels / 1e6
+        with gr.Blocks(title="GroupViT segmentation", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
+            gr.Markdown(f"# GroupViT: segment a photo into any words\nModel: {self.description}.")
+            if self.warning:
+                gr.Markdown(f"**Warning: {self.warning}**", elem_id="weights-warning")
+            with gr.Row():
+                with gr.Column():
+                    image = gr.File(
+                        label=f"Image ({formats}; at most {megapixels:g} megapixels)",
+                        file_types=list(FILE_TYPES),
+                        type="filepath",
+                        elem_id="image",
+                    )
+                    classes = gr.Textbox(
+                        label=f"Class names, comma-separated (at most {self.limits.max_classes})",
+                        value="person, grass, sky",
+                        elem_id="classes",
+                    )
+                    threshold = gr.Slider(
+                        0.0,
+                        1.0,
+                        value=BACKGROUND_THRESHOLDS["voc"],
+                        step=0.01,
+                        label="Background threshold",
+                        info="presets: VOC and COCO-Object 0.95, Context 0.35; 0 turns background off",
+                        elem_id="threshold",
+                    )
+                    mode = gr.Radio(
+                        list(MODES),
+                        value="slide",
+                        label="Test mode",
+                        info="slide: 448 crops, stride 224 (the official protocol); whole: one pass",
+                        elem_id="mode",
+                    )
+                    button = gr.Button("Segment", variant="primary", elem_id="segment")
+                    gr.Examples(self.write_examples(), inputs=[image, classes], example_labels=list(EXAMPLES))
+                with gr.Column():
+                    overlay_out = gr.Image(
+                        label="Overlay", type="pil", format="png", interactive=False, elem_id="overlay"
+                    )
+                    legend = gr.HTML(elem_id="legend")
+                    status = gr.Markdown(elem_id="status")
+            groups = gr.Image(label="Groups per stage", type="pil", format="png", interactive=False, elem_id="groups")
+            button.click(self.segment, [image, classes, threshold, mode], [overlay_out, legend, groups, status],
+                         api_name="segment")  # fmt: skip
+        return page
+
+
+def run_app(
+    checkpoint: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str | None = None,
+    limits: Limits = Limits(),
+) -> None:
+    """Serve the page until interrupted. device: 'cpu', 'cuda', or None for a GPU when there is one."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    model, description, warning = load_app_model(checkpoint, device)
+    if warning:
+        print(f"groupvit app: {warning}", flush=True)
+    temp_dir = tempfile.mkdtemp(prefix="groupvit-app-")
+    # Gradio keeps uploads and the pictures it sends in GRADIO_TEMP_DIR and accepts uploaded paths only from there.
+    os.environ["GRADIO_TEMP_DIR"] = temp_dir
+    print(f"groupvit app: uploads and result pictures go to {temp_dir} (removed at exit)", flush=True)
+    try:
+        page = SegmentationApp(model, description, warning, temp_dir, limits).build()
+        page.queue(max_size=16).launch(
+            server_name=host, server_port=port, max_file_size=limits.max_file_size, ssr_mode=False, mcp_server=False
+        )
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)

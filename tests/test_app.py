@@ -1,0 +1,278 @@
+"""`groupvit app`: the request handler in process, then the real page in Debian's chromium driven by playwright."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gradio as gr
+import httpx
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from playwright.sync_api import expect, sync_playwright
+
+import groupvit
+from groupvit.app import Limits, SegmentationApp, legend_html, load_app_model
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def small_model(small_checkpoint):
+    return groupvit.load_model(small_checkpoint)
+
+
+@pytest.fixture
+def app(small_model, tmp_path) -> SegmentationApp:
+    limits = Limits(max_pixels=200_000, max_classes=3, max_side=200)
+    return SegmentationApp(small_model, "small", None, tmp_path, limits)
+
+
+def upload(app: SegmentationApp, name: str, image: Image.Image) -> str:
+    path = app.temp_dir / "upload" / name
+    path.parent.mkdir(exist_ok=True)
+    image.save(path)
+    return str(path)
+
+
+def percentages(legend: str) -> dict[str, float]:
+    return {name: float(p) for name, p in re.findall(r"<td>([^<]+)</td><td>([\d.]+)%</td>", legend)}
+
+
+# ----------------------------------------------------------------------------- the handler, in process
+
+
+def test_segment_returns_overlay_legend_and_group_maps(app):
+    photo = Image.fromarray(skimage.data.chelsea()[:120, :160])
+    overlay, legend, groups, status = app.segment(upload(app, "cat.png", photo), "cat, floor", 0.0, "whole")
+    assert overlay.height == 120 and overlay.width > 160  # the legend column of the classes present
+    shares = percentages(legend)
+    assert list(shares) == ["background", "cat", "floor"]
+    assert shares["background"] == 0.0 and sum(shares.values()) == pytest.approx(100.0, abs=0.2)  # threshold 0
+    assert groups.size == (3 * 160 + 2 * 4, 120)  # photo and the two grouping stages
+    assert "160x120 pixels, whole mode" in status
+
+
+def test_text_embeddings_are_cached_per_vocabulary_across_requests(app):
+    path = upload(app, "a.png", Image.new("RGB", (32, 24), "gray"))
+    cache = app.segmenter._text_cache
+    app.segment(path, "cat, dog", 0.95, "whole")
+    first = cache[("cat", "dog")]
+    app.segment(path, "cat, dog", 0.5, "slide")
+    assert cache[("cat", "dog")] is first  # not recomputed
+    app.segment(path, "sky", 0.95, "whole")
+    assert set(cache) == {("object",), ("cat", "dog"), ("sky",)}
+    assert app.segmenter.mode == "slide" and app.segmenter.background_threshold == 0.95  # requests leave it alone
+
+
+def test_large_photos_are_reduced_before_segmentation(app):
+    _, _, groups, status = app.segment(upload(app, "wide.png", Image.new("RGB", (400, 100))), "sky", 0.9, "whole")
+    assert "200x50 pixels" in status and groups.height == 50
+
+
+def test_legend_escapes_class_names():
+    legend = legend_html(["<img src=x onerror=alert(1)>"], np.ones((2, 2), int))
+    assert "<img" not in legend and "&lt;img src=x onerror=alert(1)&gt;" in legend
+
+
+@pytest.mark.parametrize(
+    "classes, threshold, mode, message",
+    [
+        ("a, b, c, d", 0.9, "whole", "at most 3"),
+        ("cat,,dog", 0.9, "whole", "empty class name"),
+        ("cat, Cat", 0.9, "whole", "duplicate"),
+        ("cat", 1.5, "whole", "between 0 and 1"),
+        ("cat", 0.9, "tiles", "test mode"),
+    ],
+)
+def test_bad_requests_give_messages(app, classes, threshold, mode, message):
+    path = upload(app, "a.png", Image.new("RGB", (32, 24)))
+    with pytest.raises(gr.Error, match=message):
+        app.segment(path, classes, threshold, mode)
+
+
+def test_uploads_are_checked_by_size_and_content(app):
+    with pytest.raises(gr.Error, match="Upload an image"):
+        app.segment(None, "cat", 0.9, "whole")
+    with pytest.raises(gr.Error, match=r"big.png is 500x500 = 0.25 megapixels, over the limit of 0.2"):
+        app.segment(upload(app, "big.png", Image.new("RGB", (500, 500))), "cat", 0.9, "whole")
+    icon = upload(app, "icon.ico", Image.new("RGB", (16, 16)))  # a format Pillow reads but the page does not take
+    disguised = Path(icon).rename(Path(icon).with_name("icon.png"))
+    with pytest.raises(gr.Error, match=r"icon\.png is not a PNG, JPEG"):
+        app.segment(str(disguised), "cat", 0.9, "whole")
+    text = Path(app.temp_dir) / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(gr.Error, match=r"notes\.png is not a PNG") as error:
+        app.segment(str(text), "cat", 0.9, "whole")
+    assert str(app.temp_dir) not in str(error.value)  # the page never learns server paths
+
+
+def test_files_outside_the_temp_dir_are_never_read(app, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside") / "secret.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    link = app.temp_dir / "link.png"
+    link.symlink_to(outside)
+    for path in (outside, link, app.temp_dir / ".." / outside.parent.name / "secret.png"):
+        with pytest.raises(gr.Error, match="not uploaded to this page"):
+            app.segment(str(path), "cat", 0.9, "whole")
+
+
+def test_model_is_a_checkpoint_or_a_preset_with_a_warning(small_checkpoint, small_model):
+    model, description, warning = load_app_model(str(small_checkpoint), "cpu")
+    assert warning is None and description == "`small.safetensors`"
+    expected = small_model.state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in model.state_dict().items())
+    _, description, warning = load_app_model("small", "cpu")
+    assert "random `small` preset" in description and "Untrained random weights (small architecture)" in warning
+    with pytest.raises(ValueError, match="neither a checkpoint file/folder nor a preset"):
+        load_app_model("no_such_model.safetensors", "cpu")
+
+
+def test_page_shows_the_random_weights_warning(small_model, tmp_path):
+    page = SegmentationApp(small_model, "random `small` preset", "Untrained random weights (small)", tmp_path).build()
+    texts = [c.get("props", {}).get("value") for c in page.config["components"]]
+    assert "**Warning: Untrained random weights (small)**" in texts
+    examples = sorted(p.name for p in (tmp_path / "examples").iterdir())
+    assert examples == ["astronaut.png", "chelsea.png", "coffee.png"]
+
+
+def test_cli_app_reports_a_bad_checkpoint():
+    result = subprocess.run([sys.executable, "-m", "groupvit", "app", "--checkpoint", "nope"], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 2 and "neither a checkpoint file/folder nor a preset" in result.stderr
+
+
+# ----------------------------------------------------------------------------- the page in a browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(small_checkpoint, tmp_path_factory):
+    """`groupvit app` in a subprocess on a free port: 200,000 pixels and 1 MiB at most, 3 classes."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "groupvit", "app", "--checkpoint", str(small_checkpoint), "--port", str(port),
+               "--max-pixels", "200000", "--max-classes", "3", "--max-upload-mb", "1", "--device", "cpu"]  # fmt: skip
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, f"the app exited: {log.read_text()}"
+        assert time.monotonic() < deadline, f"the app did not answer in 120 s: {log.read_text()}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.5)
+    temp_dir = Path(re.search(r"go to (\S+) \(removed at exit\)", log.read_text()).group(1))
+    yield url, temp_dir, process
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends; the app then removes its temp dir
+    process.wait(timeout=30)
+    assert not temp_dir.exists(), log.read_text()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    files = {
+        "chelsea.jpg": Image.fromarray(skimage.data.chelsea()),
+        "astronaut.jpg": Image.fromarray(skimage.data.astronaut()).resize((256, 256)),
+        "big.png": Image.new("RGB", (500, 500), "white"),  # 250,000 pixels but a small file
+        "heavy.png": Image.fromarray(rng.integers(0, 255, (400, 1000, 3), dtype=np.uint8)),  # ~1.2 MB of noise
+    }
+    for name, image in files.items():
+        image.save(root / name)
+    (root / "notes.txt").write_text("a text file")
+    (root / "fake.png").write_text("a text file with an image's name")
+    return {name: root / name for name in [*files, "notes.txt", "fake.png"]}
+
+
+def launch_chromium(playwright):
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium); .ci/run does")
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+
+
+@pytest.mark.slow
+def test_page_in_a_browser(server, photos, tmp_path):
+    url, temp_dir, _ = server
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        file_input = page.locator("#image input[type=file]")
+
+        def submit(photo: str, classes: str) -> None:
+            if not file_input.count():  # the box shows the previous upload: drop it
+                page.locator("#image button[aria-label=Clear]").click()
+            file_input.set_input_files(photos[photo])
+            expect(page.locator("#image")).to_contain_text(Path(photo).stem)
+            page.locator("#classes textarea").fill(classes)
+            page.locator("#segment").click()
+
+        # A photo, three words, no background: the overlay appears and the legend lists every requested class.
+        page.locator("#threshold input[type=number]").fill("0")
+        page.locator("#mode").get_by_text("whole", exact=True).click()
+        submit("chelsea.jpg", "cat, floor, wall")
+        expect(page.locator("#overlay img")).to_be_visible(timeout=60_000)
+        expect(page.locator("#legend")).to_contain_text("wall")
+        legend = page.locator("#legend").inner_text()
+        shares = {row.split("\t")[1]: float(row.split("\t")[2][:-1]) for row in legend.splitlines()[1:]}
+        assert list(shares) == ["background", "cat", "floor", "wall"] and shares["background"] == 0.0
+        assert sum(shares.values()) == pytest.approx(100.0, abs=0.2)
+        overlay_width = page.locator("#overlay img").evaluate("img => img.naturalWidth")
+        assert overlay_width > 451  # the photo plus its legend column
+        expect(page.locator("#groups img")).to_be_visible()
+        expect(page.locator("#status")).to_contain_text("451x300 pixels, whole mode, background threshold 0.00")
+        assert page.locator("#weights-warning").count() == 0  # trained-format weights: no warning
+        page.screenshot(path=tmp_path / "segmented.png", full_page=True)
+        assert (tmp_path / "segmented.png").stat().st_size > 10_000
+
+        # Bad uploads: each shows its reason on the page.
+        submit("big.png", "cat")
+        expect(page.get_by_text("big.png is 500x500 = 0.25 megapixels, over the limit of 0.2")).to_be_visible()
+        submit("fake.png", "cat")
+        expect(page.get_by_text("fake.png is not a PNG, JPEG, WEBP, BMP, GIF, TIFF image")).to_be_visible()
+        page.locator("#image button[aria-label=Clear]").click()
+        file_input.set_input_files(photos["notes.txt"])  # refused by the page before it is sent
+        expect(page.get_by_text("Invalid file type: notes.txt")).to_be_visible()
+        file_input.set_input_files(photos["heavy.png"])  # over --max-upload-mb
+        expect(page.get_by_text("exceed the maximum allowed size")).to_be_visible()
+        page.screenshot(path=tmp_path / "errors.png", full_page=True)
+        assert not any(temp_dir.rglob("heavy.png")) and not any(temp_dir.rglob("notes.txt"))  # never stored
+
+        # The server still serves: a new photo and new words give a new legend.
+        submit("astronaut.jpg", "person, flag")
+        expect(page.locator("#legend")).to_contain_text("flag", timeout=60_000)
+        expect(page.locator("#status")).to_contain_text("256x256 pixels")
+        browser.close()
+
+
+@pytest.mark.slow
+def test_server_refuses_paths_it_did_not_receive(server, small_checkpoint, photos):
+    url, _, _ = server
+    # Both lie in the system temp dir, which older gradio versions served: not here.
+    for path in (small_checkpoint, photos["chelsea.jpg"]):
+        assert httpx.get(f"{url}gradio_api/file={path}", timeout=10).status_code == 403
+    # A forged request naming a photo on the server instead of an upload is refused; segmenting it would work.
+    forged = {"path": str(photos["chelsea.jpg"]), "meta": {"_type": "gradio.FileData"}}
+    event = httpx.post(f"{url}gradio_api/call/segment", json={"data": [forged, "cat", 0.9, "whole"]}, timeout=10)
+    answer = httpx.get(f"{url}gradio_api/call/segment/{event.json()['event_id']}", timeout=60).text
+    assert "event: error" in answer and "event: complete" not in answer
