@@ -18,6 +18,10 @@ import yaml
 
 @dataclass
 class VisionConfig:
+    """The image encoder: ViT patch embedding, then stages of transformer blocks; stage i appends
+    `num_group_tokens[i]` learnable group tokens and ends with a grouping block that merges the image tokens
+    into `num_output_groups[i]` segments (spec 1). Defaults are the released GCC+YFCC model (64 then 8)."""
+
     image_size: int = 224
     patch_size: int = 16
     in_chans: int = 3
@@ -62,6 +66,8 @@ class VisionConfig:
 
 @dataclass
 class TextConfig:
+    """The CLIP-style causal text transformer (spec 2); the embedding is taken at the end-of-text token."""
+
     vocab_size: int = 49408
     context_length: int = 77
     width: int = 256
@@ -77,6 +83,9 @@ class TextConfig:
 
 @dataclass
 class GroupViTConfig:
+    """A whole GroupViT: both encoders plus the projection heads into the shared embedding space.
+    `model_config(name)` loads a preset; `from_dict`/`from_yaml`/`to_dict`/`to_json` convert."""
+
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     projection_dim: int = 256
@@ -96,6 +105,7 @@ class GroupViTConfig:
         return cls(vision=vision, text=text, **data)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-ready values (lists, not tuples); `from_dict` reads them back."""
         out = dataclasses.asdict(self)
         out["vision"]["assign_mlp_ratio"] = list(self.vision.assign_mlp_ratio)
         return out
@@ -107,6 +117,7 @@ class GroupViTConfig:
         return cls.from_dict(data.get("model", data))
 
     def to_json(self) -> str:
+        """`to_dict` as indented JSON (stored in our .safetensors metadata)."""
         return json.dumps(self.to_dict(), indent=2)
 
 

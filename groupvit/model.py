@@ -42,6 +42,14 @@ class ImageGroups(NamedTuple):
 
 
 class GroupViT(nn.Module):
+    """Image encoder with grouping stages, text encoder and projection heads (spec 1-2).
+
+    `encode_image`/`encode_text` give projected embeddings before L2 normalisation; `encode_image_groups` also
+    returns every final group's embedding and the soft assignment maps that segmentation chains; `forward`
+    returns normalised embeddings and the clamped logit scale for the contrastive losses. Build one from a
+    config (`GroupViT(model_config("gcc_yfcc"))`, random weights) or load weights with `groupvit.load_model`.
+    """
+
     def __init__(self, config: GroupViTConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or GroupViTConfig()

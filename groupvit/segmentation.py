@@ -162,6 +162,8 @@ def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple
 
 @dataclass
 class SegmentationResult:
+    """One image segmented at its original size, as `ZeroShotSegmenter(...)(image)` returns it."""
+
     labels: np.ndarray  # [H, W] int: 0 = background, i = class_names[i - 1]
     scores: np.ndarray  # [C + 1, H, W] float; channel 0 is the background indicator (zeros without background)
     group_maps: list[np.ndarray]  # per grouping stage, [H, W] pixel -> group index
