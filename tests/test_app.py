@@ -162,12 +162,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(small_checkpoint, tmp_path_factory):
-    """`groupvit app` in a subprocess on a free port: 200,000 pixels and 1 MiB at most, 3 classes."""
+    """`groupvit app` in a subprocess on a free port: 200,000 pixels and 1 MiB at most, 4 classes."""
     port = free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "groupvit", "app", "--checkpoint", str(small_checkpoint), "--port", str(port),
-               "--max-pixels", "200000", "--max-classes", "3", "--max-upload-mb", "1", "--device", "cpu"]  # fmt: skip
+               "--max-pixels", "200000", "--max-classes", "4", "--max-upload-mb", "1", "--device", "cpu"]  # fmt: skip
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
@@ -262,6 +262,13 @@ def test_page_in_a_browser(server, photos, tmp_path):
         submit("astronaut.jpg", "person, flag")
         expect(page.locator("#legend")).to_contain_text("flag", timeout=60_000)
         expect(page.locator("#status")).to_contain_text("256x256 pixels")
+        # And an example photo with its words (scikit-image's chelsea; the others are over this server's limit).
+        page.locator("#image button[aria-label=Clear]").click()
+        page.get_by_role("button", name="chelsea").click()
+        expect(page.locator("#classes textarea")).to_have_value("cat, floor")
+        page.locator("#segment").click()
+        expect(page.locator("#legend")).to_contain_text("floor", timeout=60_000)
+        expect(page.locator("#status")).to_contain_text("451x300 pixels")
         browser.close()
 
 
@@ -276,3 +283,9 @@ def test_server_refuses_paths_it_did_not_receive(server, small_checkpoint, photo
     event = httpx.post(f"{url}gradio_api/call/segment", json={"data": [forged, "cat", 0.9, "whole"]}, timeout=10)
     answer = httpx.get(f"{url}gradio_api/call/segment/{event.json()['event_id']}", timeout=60).text
     assert "event: error" in answer and "event: complete" not in answer
+
+
+def test_missing_chromium_fails_instead_of_skipping(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", Path("/nonexistent/chromium"))
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y chromium"):
+        launch_chromium(None)
