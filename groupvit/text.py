@@ -46,6 +46,9 @@ class TextEncoder(nn.Module):
             raise ValueError(f"expected token ids [N, L], got shape {tuple(ids.shape)}; use groupvit.tokenize")
         if ids.shape[1] > self.cfg.context_length:
             raise ValueError(f"token ids have length {ids.shape[1]} > context length {self.cfg.context_length}")
+        # Attention is causal, so padding after the last EOT cannot change any pooled feature: drop it.
+        eot = ids.argmax(dim=-1)  # [N]
+        ids = ids[:, : int(eot.max()) + 1]
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # [N, L, C]
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
@@ -53,4 +56,4 @@ class TextEncoder(nn.Module):
             else:
                 x = block(x, causal=True)
         x = self.ln_final(x)
-        return x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]  # [N, C]
+        return x[torch.arange(x.shape[0], device=x.device), eot]  # [N, C]

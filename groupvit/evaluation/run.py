@@ -35,9 +35,13 @@ def evaluate_segmentation(
     batch_size: int = 8,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
+    short_side: int = 448,
+    per_image: bool = False,
 ) -> dict:
     """mIoU, pixel accuracy and per-class IoU (percent) of `dataset` (see groupvit.evaluation.datasets), plus
-    the mean number of final groups in use per image and, with `oracle`, the scores of the oracle naming."""
+    the mean number of final groups in use per image and, with `oracle`, the scores of the oracle naming.
+    short_side: images are resized to it (448 in the protocol; SynthVOC uses its training size).
+    per_image: also list each image's id and final groups in use (this rank's images only)."""
     rank, world = _rank_world()
     if not dataset.has_background:
         threshold = None
@@ -47,19 +51,22 @@ def evaluate_segmentation(
         threshold = background_threshold
     segmenter = ZeroShotSegmenter(
         model, dataset.class_names, background_threshold=threshold, mode=mode, templates=templates, refine=refine,
-        batch_size=batch_size, autocast_dtype=autocast_dtype,
+        batch_size=batch_size, autocast_dtype=autocast_dtype, short_side=short_side,
     )  # fmt: skip
     names = (["background"] if dataset.has_background else []) + list(dataset.class_names)
     scores, oracle_scores = ConfusionMatrix(len(names)), ConfusionMatrix(len(names))
     total = len(dataset) if limit is None else min(limit, len(dataset))
     groups_used = torch.zeros(2, dtype=torch.float64)  # [sum of groups in use, images]
+    images = []
     for i in tqdm(range(rank, total, world), disable=not (progress and rank == 0), desc=f"eval {dataset.name}"):
-        _, image, target = dataset[i]
+        image_id, image, target = dataset[i]
         result = segmenter(image)
         prediction = result.labels if dataset.has_background else result.labels - 1
         scores.update(prediction, target)
         final_groups = result.group_maps[-1]
-        groups_used += torch.tensor([len(np.unique(final_groups)), 1.0], dtype=torch.float64)
+        in_use = len(np.unique(final_groups))
+        groups_used += torch.tensor([in_use, 1.0], dtype=torch.float64)
+        images.append({"id": image_id, "groups_in_use": in_use})
         if oracle:
             oracle_scores.update(oracle_labels(final_groups, target), target)
     scores.all_reduce()
@@ -71,23 +78,30 @@ def evaluate_segmentation(
         "mode": mode,
         "background_threshold": threshold,
         "templates": templates if isinstance(templates, str) else list(templates),
-        "protocol": "official" if refine is None and background_threshold is DATASET_DEFAULT else "variant",
+        "protocol": "official"
+        if refine is None and background_threshold is DATASET_DEFAULT and short_side == 448
+        else "variant",
         **scores.results(names),
         "groups_in_use": float(groups_used[0] / max(groups_used[1], 1)),
     }
     if refine:
         out["refine"] = refine
+    if per_image:
+        out["per_image"] = images
     if oracle:
         oracle_scores.all_reduce()
         out["oracle"] = oracle_scores.results(names)
     return out
 
 
-def calibrate_background(model: GroupViT, dataset, images: int, mode: str = "slide", **kwargs) -> tuple[float, dict]:
+def calibrate_background(
+    model: GroupViT, dataset, images: int, mode: str = "slide", thresholds: Sequence[float] = CALIBRATION_GRID,
+    **kwargs,
+) -> tuple[float, dict]:  # fmt: skip
     """Pick the background threshold with the best mIoU on the first `images` images of `dataset` (which must
     be held apart from the split that is reported). Returns (threshold, {threshold: mIoU})."""
     curve = {}
-    for t in CALIBRATION_GRID:
+    for t in thresholds:
         result = evaluate_segmentation(model, dataset, mode, t, limit=images, progress=False, **kwargs)
         curve[t] = result["miou"]
     best = max(curve, key=lambda t: curve[t])

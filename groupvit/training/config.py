@@ -19,9 +19,13 @@ class TrainConfig:
     data: str = ""  # webdataset shards ("cc3m/{000000..000436}.tar::yfcc/{...}.tar") or a CSV/TSV of image,caption
     multi_label: int = 3  # K noun prompts per caption for the multi-label loss; 0 turns it off
     tagger: str = "spacy"  # part-of-speech tagger for caption nouns: spacy or pattern
+    noun_loss: str = "pooled"  # pooled (the paper) or max_token (nouns scored by the best token; a variant)
     # optimisation (spec section 4); lr, warmup_lr and min_lr are for a global batch of `reference_batch`
     # and scale linearly with the actual global batch (batch_size x processes x accum_steps)
     steps: int = 1000
+    # > 0: train for this many minutes of wall clock (evaluations excluded) instead of a step count; the
+    # schedule then runs on the elapsed share of the budget, as if it were that share of `steps`
+    minutes: float = 0.0
     reference_batch: int = 4096
     batch_size: int = 256  # per process
     accum_steps: int = 1
@@ -48,6 +52,9 @@ class TrainConfig:
     eval_root: str = ""  # the dataset folder for the evaluation hook, e.g. VOCdevkit/VOC2012
     eval_images: int = 0  # evaluate on the first N images (0: all)
     eval_mode: str = "whole"
+    eval_split: str = "val"
+    eval_short_side: int = 448  # images resized to this short side (the protocol's 448)
+    eval_threshold: float = -1.0  # background threshold; < 0: the dataset's own (0.95 for VOC)
     grad_checkpointing: bool = False
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with checkpoints
@@ -68,6 +75,10 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         if self.batch_size < 1 or self.accum_steps < 1 or self.steps < 1:
             raise ValueError("batch_size, accum_steps and steps must be positive")
+        if self.noun_loss not in ("pooled", "max_token"):
+            raise ValueError(f"noun_loss must be pooled or max_token, got {self.noun_loss!r}")
+        if self.minutes < 0:
+            raise ValueError(f"minutes must be >= 0, got {self.minutes}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
 

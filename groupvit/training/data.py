@@ -137,6 +137,11 @@ def expand_shards(pattern: str) -> list[str]:
     urls = [u for part in pattern.split("::") for u in braceexpand.braceexpand(part.strip())]
     if not urls:
         raise ValueError(f"no shards in {pattern!r}")
+    # Local files are checked up front: resampled shard streams would otherwise retry missing ones forever.
+    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise FileNotFoundError(f"{len(missing)} of {len(urls)} shards not found: {', '.join(missing[:3])}{more}")
     return urls
 
 

@@ -31,12 +31,12 @@ CHECKPOINT = "checkpoint.pt"
 class LossModule(nn.Module):
     """Wraps the model so DistributedDataParallel sees the whole loss computation as one forward."""
 
-    def __init__(self, model: GroupViT) -> None:
+    def __init__(self, model: GroupViT, noun_loss: str = "pooled") -> None:
         super().__init__()
-        self.model = model
+        self.model, self.noun_loss = model, noun_loss
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return groupvit_losses(self.model, images, texts)
+        return groupvit_losses(self.model, images, texts, self.noun_loss)
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -63,9 +63,10 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def learning_rate(step: int, cfg: TrainConfig, scale: float) -> float:
+def learning_rate(step: float, cfg: TrainConfig, scale: float) -> float:
     """Linear warmup from warmup_lr, then cosine to min_lr over the whole run (timm's per-step scheduler:
-    the cosine spans all steps and warmup overrides its start). All rates scaled by global batch / reference batch."""
+    the cosine spans all steps and warmup overrides its start). All rates scaled by global batch / reference batch.
+    With a time budget `step` is fractional: the elapsed share of the budget times cfg.steps."""
     lr, warmup_lr, min_lr = cfg.lr * scale, cfg.warmup_lr * scale, cfg.min_lr * scale
     if step < cfg.warmup_steps:
         return warmup_lr + step * (lr - warmup_lr) / cfg.warmup_steps
@@ -87,7 +88,7 @@ def set_rng_states(states: dict) -> None:
 
 
 def save_checkpoint(path: Path, model: GroupViT, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig,
-                    world: int) -> None:  # fmt: skip
+                    world: int, train_seconds: float = 0.0) -> None:  # fmt: skip
     """Everything needed to continue exactly: weights, optimiser, step, config, every rank's RNG state."""
     states = [None] * world
     if world > 1:
@@ -100,6 +101,7 @@ def save_checkpoint(path: Path, model: GroupViT, optimizer: torch.optim.Optimize
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "step": step,
+        "train_seconds": train_seconds,
         "train_config": cfg.to_dict(),
         "model_config": model.config.to_dict(),
         "rng": states,
@@ -132,11 +134,13 @@ def forever(loader):
 def evaluate(model: GroupViT, cfg: TrainConfig) -> dict:
     """The zero-shot segmentation hook: mIoU on `eval_root`, images split across ranks."""
     from ..evaluation.datasets import load_dataset
-    from ..evaluation.run import evaluate_segmentation
+    from ..evaluation.run import DATASET_DEFAULT, evaluate_segmentation
 
-    dataset = load_dataset(cfg.eval_dataset, cfg.eval_root)
+    dataset = load_dataset(cfg.eval_dataset, cfg.eval_root, cfg.eval_split)
+    threshold = DATASET_DEFAULT if cfg.eval_threshold < 0 else cfg.eval_threshold
     model.eval()
-    result = evaluate_segmentation(model, dataset, cfg.eval_mode, limit=cfg.eval_images or None, progress=False)
+    result = evaluate_segmentation(model, dataset, cfg.eval_mode, threshold, limit=cfg.eval_images or None,
+                                   progress=False, short_side=cfg.eval_short_side)  # fmt: skip
     model.train()
     return result
 
@@ -156,16 +160,16 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     if world > 1:  # before the optimiser is built: the conversion makes new BatchNorm parameters
         model = synchronise_batchnorm(model, device)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    start_step = 0
+    start_step, train_seconds = 0, 0.0
     if resume and (out / CHECKPOINT).is_file():
         state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_step = state["step"]
+        start_step, train_seconds = state["step"], state.get("train_seconds", 0.0)
         set_rng_states(state["rng"][rank if rank < len(state["rng"]) else 0])
     elif resume and rank == 0:
         print(f"groupvit train: no {out / CHECKPOINT} to resume from; starting from step 0", flush=True)
-    wrapped: nn.Module = LossModule(model)
+    wrapped: nn.Module = LossModule(model, cfg.noun_loss)
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids, broadcast_buffers=False)
@@ -183,11 +187,17 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         writer = SummaryWriter(out / "tensorboard")
     batches = forever(build_loader(cfg, rank, world, start_step))
     skipped_by_worker: dict[int, int] = {}
-    bar = tqdm(total=cfg.steps, initial=start_step, disable=not main, unit="step", dynamic_ncols=True)
+    budget = cfg.minutes * 60
+    if budget:
+        bar = tqdm(total=round(budget), initial=round(train_seconds), disable=not main, unit="s", dynamic_ncols=True)
+    else:
+        bar = tqdm(total=cfg.steps, initial=start_step, disable=not main, unit="step", dynamic_ncols=True)
     model.train()
-    tic, seen = time.perf_counter(), 0
-    for step in range(start_step, cfg.steps):
-        lr = learning_rate(step, cfg, lr_scale)
+    seen, history = 0, []
+    step = start_step
+    while (train_seconds < budget) if budget else (step < cfg.steps):
+        tic = time.perf_counter()
+        lr = learning_rate(cfg.steps * train_seconds / budget if budget else step, cfg, lr_scale)
         for group in optimizer.param_groups:
             group["lr"] = lr
         for micro in range(cfg.accum_steps):
@@ -214,10 +224,17 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        bar.update(1)
-        done = step + 1
-        if main and (done % cfg.log_every == 0 or done == cfg.steps):
-            rate = seen / (time.perf_counter() - tic)
+        elapsed = time.perf_counter() - tic
+        if world > 1 and budget:  # every rank must agree on when the budget is spent
+            elapsed_t = torch.tensor(elapsed, dtype=torch.float64)
+            dist.all_reduce(elapsed_t, op=dist.ReduceOp.MAX)
+            elapsed = elapsed_t.item()
+        train_seconds += elapsed
+        bar.update(round(train_seconds) - bar.n if budget else 1)
+        step = done = step + 1
+        last = (train_seconds >= budget) if budget else (done == cfg.steps)
+        if main and (done % cfg.log_every == 0 or last):
+            rate = seen / max(train_seconds, 1e-9)
             scalars = {
                 "loss/total": loss.item(),
                 "loss/image_text": itc.item(),
@@ -233,19 +250,22 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
             for key, value in scalars.items():
                 writer.add_scalar(key, value, done)
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
-        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+        if cfg.eval_every and (done % cfg.eval_every == 0 or last):
             result = evaluate(model, cfg)
+            history.append({"step": done, "minutes": train_seconds / 60, "images_seen": seen,
+                            "miou": result["miou"], "groups_in_use": result["groups_in_use"]})  # fmt: skip
             if main:
                 writer.add_scalar("eval/miou", result["miou"], done)
                 writer.add_scalar("eval/groups_in_use", result["groups_in_use"], done)
-                tqdm.write(f"step {done}: {cfg.eval_dataset} mIoU {result['miou']:.2f}, "
-                           f"groups in use {result['groups_in_use']:.2f}")  # fmt: skip
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            save_checkpoint(out / CHECKPOINT, model, optimizer, done, cfg, world)
+                tqdm.write(f"step {done} ({train_seconds / 60:.1f} min): {cfg.eval_dataset} mIoU "
+                           f"{result['miou']:.2f}, groups in use {result['groups_in_use']:.2f}")  # fmt: skip
+        if done % cfg.save_every == 0 or last:
+            save_checkpoint(out / CHECKPOINT, model, optimizer, done, cfg, world, train_seconds)
     bar.close()
     if main:
         save_model(model.eval(), out / "model.safetensors")
         writer.close()
     if world > 1:
         dist.destroy_process_group()
-    return {"steps": cfg.steps, "skipped_samples": sum(skipped_by_worker.values()), "images_seen": seen}
+    return {"steps": step, "minutes": train_seconds / 60, "skipped_samples": sum(skipped_by_worker.values()),
+            "images_seen": seen, "eval_history": history}  # fmt: skip

@@ -1,0 +1,147 @@
+"""SynthVOC: masks follow the drawn glyphs, captions name only what is there, the VOC layout round-trips, bytes are
+a function of the seed alone, and `groupvit demo` runs end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from groupvit.data import synthvoc
+from groupvit.data.synthvoc import CLASS_NAMES, VOC_OBJECTS, SceneOptions, SynthVOCSpec, generate, make_scene, voc_root
+from groupvit.evaluation.datasets import VOC_CLASSES, load_dataset
+
+SMALL = SynthVOCSpec(seed=3, train=30, val=12, test=4, calib=4, shard_size=16, scene=SceneOptions(size=64))
+
+
+def test_classes_are_the_voc_classes_with_glyphs():
+    assert CLASS_NAMES == VOC_CLASSES
+    for _, glyphs, _ in VOC_OBJECTS:
+        for g in glyphs:  # every glyph renders (a missing one raises)
+            assert synthvoc.glyph(g)[..., 3].max() == 255
+
+
+def test_masks_are_where_glyphs_were_drawn(monkeypatch):
+    magenta = np.array([255.0, 0.0, 255.0])
+
+    def plain_magenta(rng, size):
+        rng.uniform(0, 1, 6)  # keep the stream moving like the real backdrop does
+        return np.broadcast_to(magenta, (size, size, 3)).copy(), "plain"
+
+    monkeypatch.setattr(synthvoc, "background", plain_magenta)
+    options = SceneOptions(size=64, max_clutter=0)
+    for i in range(20):
+        scene = make_scene(0, "val", i, options)
+        image, labels = scene.image.astype(int), scene.labels
+        assert set(np.unique(labels)) - {0} == {c + 1 for c in scene.classes}
+        # Background pixels are untouched backdrop, except where a glyph's soft edge (alpha <= 0.5) blends in.
+        background = labels == 0
+        untouched = (np.abs(image - magenta).max(axis=-1) == 0) & background
+        assert untouched.sum() > 0.9 * (background.sum() - _edge(labels).sum())
+        # Labelled pixels are at least half glyph: no labelled pixel is pure backdrop.
+        assert (np.abs(image - magenta).max(axis=-1)[labels > 0] > 0).all()
+
+
+def _edge(labels: np.ndarray) -> np.ndarray:
+    """Pixels within 2 px of a label change."""
+    fg = labels > 0
+    grown = fg.copy()
+    for axis in (0, 1):
+        for shift in (-2, -1, 1, 2):
+            grown |= np.roll(fg, shift, axis=axis)
+    return grown & ~fg
+
+
+def test_every_class_appears_and_scene_sizes_vary():
+    seen, counts = set(), set()
+    for i in range(300):
+        scene = make_scene(1, "train", i)
+        seen.update(scene.classes)
+        counts.add(len(scene.classes))
+    assert seen == set(range(20))
+    assert counts == {1, 2, 3, 4}
+
+
+def _word_classes() -> list[tuple[re.Pattern, int]]:
+    pairs = []
+    for c, (_, _, words) in enumerate(VOC_OBJECTS):
+        for singular, plural in words:
+            for w in {singular, plural}:
+                pairs.append((re.compile(rf"\b{re.escape(w)}\b"), c))
+    return pairs
+
+
+def test_captions_name_only_objects_present_or_clutter():
+    words = _word_classes()
+    mentioned_some = 0
+    for i in range(400):
+        scene = make_scene(2, "train", i)
+        named = {c for pattern, c in words if pattern.search(scene.caption)}
+        assert named <= set(scene.classes), (scene.caption, [CLASS_NAMES[c] for c in scene.classes])
+        assert named, scene.caption  # at least one object is always named
+        assert set(scene.mentioned_clutter) <= set(scene.clutter)
+        for w in scene.mentioned_clutter:
+            assert w in scene.caption
+        mentioned_some += len(named) < len(set(scene.classes))
+    assert 0 < mentioned_some < 200  # objects are sometimes left unmentioned, not usually
+
+
+def test_voc_layout_round_trips_and_shards_hold_captions(tmp_path):
+    assert generate(tmp_path / "a", SMALL, workers=2, progress=False)
+    assert not generate(tmp_path / "a", SMALL, workers=2, progress=False)  # cached
+    voc = voc_root(tmp_path / "a")
+    for split, n in (("val", 12), ("test", 4), ("calib", 4)):
+        dataset = load_dataset("voc", voc, split)
+        assert len(dataset) == n
+        for k in range(n):
+            image_id, image, labels = dataset[k]
+            scene = make_scene(SMALL.seed, split, int(image_id.split("_")[1]), SMALL.scene)
+            np.testing.assert_array_equal(labels, scene.labels)
+            assert (voc / "JPEGImages" / f"{image_id}.jpg").read_bytes() == synthvoc.encode_jpeg(scene.image)
+    scenes = json.loads((voc / "scenes.json").read_text())
+    assert scenes["val_000000"]["objects"] == [CLASS_NAMES[c] for c in make_scene(3, "val", 0, SMALL.scene).classes]
+    with tarfile.open(tmp_path / "a" / "train" / "000001.tar") as tar:
+        names = tar.getnames()
+        assert names[:2] == ["00000016.jpg", "00000016.txt"] and len(names) == 2 * 14
+        assert tar.extractfile("00000016.txt").read().decode() == make_scene(3, "train", 16, SMALL.scene).caption
+        assert Image.open(tar.extractfile("00000016.jpg")).size == (64, 64)
+
+
+def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
+    generate(tmp_path / "one", SMALL, workers=1, progress=False)
+    generate(tmp_path / "two", SMALL, workers=2, progress=False)
+    generate(tmp_path / "other", SynthVOCSpec(**{**SMALL.__dict__, "seed": 4}), workers=2, progress=False)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    one, two, other = files(tmp_path / "one"), files(tmp_path / "two"), files(tmp_path / "other")
+    assert one == two
+    assert one.keys() == other.keys() and one["train/000000.tar"] != other["train/000000.tar"]
+
+
+@pytest.mark.slow
+def test_demo_one_minute_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    run = subprocess.run(
+        [sys.executable, "-m", "groupvit", "demo", "--minutes", "1", "--out", str(out), "--data", str(tmp_path / "d"),
+         "--train-scenes", "1000", "--val-scenes", "40"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert 0.0 <= result["miou"] <= 100.0 and result["images"] == 40
+    assert set(result["per_class"]) == {"background", *VOC_CLASSES}
+    assert 0.9 <= result["minutes"] <= 1.5 and result["images_seen"] > 0
+    assert result["curve"] and result["curve"][-1]["step"] == result["steps"]
+    assert (out / "model.safetensors").is_file() and (out / "checkpoint.pt").is_file()
+    assert Image.open(out / "report_grid.png").size[0] > 64
+    assert "report_grid.png" in (out / "report.html").read_text()
+    assert "SynthVOC val mIoU" in run.stdout
