@@ -52,14 +52,15 @@ def _load(args: argparse.Namespace):
         )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return load_model(args.checkpoint, device=args.device)
+    model = load_model(args.checkpoint, device=args.device)
+    return model.compile_encoders() if args.compile else model
 
 
 def _dtype(args: argparse.Namespace):
     import torch
 
-    if (args.fp16 or args.bf16) and args.device != "cuda":
-        raise ValueError("--fp16/--bf16 apply on GPU only (--device cuda); CPU inference runs in fp32")
+    if args.fp16 and args.device != "cuda":
+        raise ValueError("--fp16 applies on GPU only (--device cuda); on CPU use --bf16 (fast with AVX512-BF16/AMX)")
     return torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
 
 
@@ -229,7 +230,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="float16 autocast (GPU)")
-    precision.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+    precision.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU, or CPUs with AVX512-BF16/AMX)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the encoders (slow first call; helps on GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:

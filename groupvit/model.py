@@ -85,6 +85,13 @@ class GroupViT(nn.Module):
         """ids [N, 77] from `groupvit.tokenize` -> projected text embeddings [N, D]."""
         return self.text_projection(self.text(ids))
 
+    def compile_encoders(self, **options) -> GroupViT:
+        """Opt-in `torch.compile` of the image and text encoders, in place: parameter names and state-dict keys
+        stay as they are, so checkpoints load and save unchanged. `options` go to `torch.compile`."""
+        self.visual.compile(**options)
+        self.text.compile(**options)
+        return self
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute transformer blocks in the backward pass instead of storing their activations."""
         self.text.grad_checkpointing = enable

@@ -119,10 +119,15 @@ def background_channel(foreground: torch.Tensor, affinity: torch.Tensor, thresho
 
 @torch.no_grad()
 def segment_crops(
-    model: GroupViT, pixels: torch.Tensor, text_embeds: torch.Tensor, background_threshold: float | None
+    model: GroupViT,
+    pixels: torch.Tensor,
+    text_embeds: torch.Tensor,
+    background_threshold: float | None,
+    group_maps: bool = True,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """A batch of same-size crops [B, 3, H, W] -> (logits [B, 1 + C, H, W] or [B, C, H, W] without background,
-    per-stage pixel->group index maps [B, H, W]).
+    per-stage pixel->group index maps [B, H, W]; empty with `group_maps=False`, which only upsamples the final
+    stage: the labels need no other, and upsampling the 64 first-stage maps costs more than the rest together).
 
     Pixels past the last whole patch are ignored by the encoder (as the reference's strided conv ignores
     them) but still receive logits from the upsampled maps.
@@ -132,8 +137,9 @@ def segment_crops(
     if H < p or W < p:
         raise ValueError(f"crop {H}x{W} is smaller than one {p}x{p} patch")
     out = model.encode_image_groups(pixels[:, :, : H // p * p, : W // p * p])
-    maps = [upsample_groups(m.float(), (H, W)) for m in chain_assignments(out.assignments)]  # [B, S, H, W]
-    group_index = [m.argmax(dim=1) for m in maps]  # [B, H, W] per stage
+    chained = chain_assignments(out.assignments)
+    stages = chained if group_maps else chained[-1:]
+    group_index = [upsample_groups(m.float(), (H, W)).argmax(dim=1) for m in stages]  # [B, H, W] per stage
     affinity = group_class_affinity(
         out.group_embeds.float(), out.image_embeds.float(), text_embeds.float(), model.logit_scale_value().float()
     )  # [B, G, C]
@@ -142,6 +148,7 @@ def segment_crops(
     foreground = torch.gather(
         affinity.transpose(1, 2), 2, final.flatten(1)[:, None, :].expand(-1, affinity.shape[2], -1)
     ).view(final.shape[0], -1, H, W)  # [B, C, H, W]
+    group_index = group_index if group_maps else []
     if background_threshold is None:
         return foreground, group_index
     return torch.cat([background_channel(foreground, affinity, background_threshold), foreground], 1), group_index
@@ -183,6 +190,7 @@ class ZeroShotSegmenter:
     mode: 'slide' (448 crops, stride 224: the official protocol) or 'whole'.
     templates: a set name ('simple' = "a photo of a {}.", 'subset', 'full') or a list of templates.
     refine: None (official) or 'pamr' (pixel-adaptive mask refinement, a protocol variant).
+    autocast_dtype: None (fp32), torch.bfloat16 (GPU, or CPUs with AVX512-BF16/AMX) or torch.float16 (GPU).
     group_maps: also return per-stage group maps; in slide mode they cost one extra whole-image pass.
     """
 
@@ -229,8 +237,9 @@ class ZeroShotSegmenter:
         self.text_embeds = self._text_cache[names]
 
     def _autocast(self):
-        enabled = self.autocast_dtype is not None and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled)
+        # bf16 on CPU is only fast with AVX512-BF16 or AMX (`torch.ops.mkldnn._is_mkldnn_bf16_supported()`).
+        enabled = self.autocast_dtype is not None
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled)
 
     @torch.no_grad()
     def logits(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -249,7 +258,9 @@ class ZeroShotSegmenter:
             for start in range(0, len(windows), self.batch_size):
                 batch = windows[start : start + self.batch_size]
                 crops = torch.cat([pixels[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in batch])
-                crop_logits, _ = segment_crops(self.model, crops, self.text_embeds, self.background_threshold)
+                crop_logits, _ = segment_crops(
+                    self.model, crops, self.text_embeds, self.background_threshold, group_maps=False
+                )
                 if total is None:
                     total = crop_logits.new_zeros(crop_logits.shape[1], H, W)  # [K, H, W]
                     count = crop_logits.new_zeros(1, H, W)
