@@ -138,6 +138,9 @@ def segment_crops(
         raise ValueError(f"crop {H}x{W} is smaller than one {p}x{p} patch")
     out = model.encode_image_groups(pixels[:, :, : H // p * p, : W // p * p])
     chained = chain_assignments(out.assignments)
+    if not chained:  # a plain ViT (no grouping stage, e.g. the SynthVOC baseline): each patch is its own group
+        B, N = out.group_embeds.shape[:2]
+        chained = [torch.eye(N, device=pixels.device).expand(B, N, N)]
     stages = chained if group_maps else chained[-1:]
     group_index = [upsample_groups(m.float(), (H, W)).argmax(dim=1) for m in stages]  # [B, H, W] per stage
     affinity = group_class_affinity(

@@ -93,3 +93,28 @@ def test_two_ranks_match_formulas_and_single_process_gradients(tmp_path):
         local = slice(r * 4, r * 4 + 4)
         for got, full in zip(res["grads"], (gi.grad, gt.grad, gp.grad), strict=True):
             torch.testing.assert_close(got, 2 * full[local], rtol=1e-10, atol=1e-12)
+
+
+def test_max_token_noun_loss_scores_each_prompt_by_its_best_token():
+    """The variant equals the spec-3.2 formula with every image-prompt score replaced by the best token's,
+    written here as explicit loops (and differs from the pooled loss)."""
+    image, _, prompts = random_batch(n=5, k=2, d=8)
+    g = torch.Generator().manual_seed(1)
+    tokens = F.normalize(torch.randn(5, 4, 8, generator=g, dtype=torch.float64), dim=-1)  # [B, G, D]
+    scale = 9.0
+    N, K, _ = prompts.shape
+    flat = prompts.reshape(N * K, -1).numpy()
+    t = tokens.numpy()
+    best = np.array([[max(t[i, g_] @ flat[p] for g_ in range(4)) for p in range(N * K)] for i in range(N)])  # [B, BK]
+    img_term = prompt_term = 0.0
+    for i in range(N):
+        logp = scale * best[i] - math.log(np.exp(scale * best[i]).sum())
+        img_term += -sum(logp[i * K + k] / K for k in range(K))
+        for k in range(K):
+            column = scale * best[:, i * K + k]
+            prompt_term += -(column[i] - math.log(np.exp(column).sum()))
+    expected = 0.5 * (img_term / N + prompt_term / (N * K))
+    got = multi_label_contrastive_loss(tokens, prompts, torch.tensor(scale, dtype=torch.float64))
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+    pooled = multi_label_contrastive_loss(image, prompts, torch.tensor(scale, dtype=torch.float64))
+    assert abs(got.item() - pooled.item()) > 1e-3

@@ -258,3 +258,30 @@ def test_imagenet_names_classify_despite_duplicates(hf_small):
     clf = groupvit.ZeroShotClassifier(groupvit.load_model(hf_small[1]), IMAGENET_CLASSES[:50], templates="simple")
     assert clf.logits(torch.randn(1, 3, 64, 64)).shape == (1, 50)
     assert check_class_names(["missile", "missile"], unique=False) == ["missile", "missile"]
+
+
+def test_plain_vit_segments_by_patch_to_text_similarity():
+    """A model without grouping stages (the SynthVOC baseline): each pixel takes its own patch's class scores."""
+    from groupvit.config import GroupViTConfig
+    from groupvit.model import GroupViT
+    from tests.conftest import randomize
+
+    config = GroupViTConfig.from_dict({
+        "vision": {"image_size": 32, "patch_size": 8, "width": 32, "depths": [2], "num_heads": 2,
+                   "num_group_tokens": [0], "num_output_groups": []},
+        "text": {"width": 32, "layers": 1, "heads": 2}, "projection_dim": 16, "projection_hidden_dim": 32,
+    })  # fmt: skip
+    model = randomize(GroupViT(config), seed=3)
+    pixels = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    text = F.normalize(torch.randn(5, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    logits, group_maps = segment_crops(model, pixels, text, None)
+    with torch.no_grad():
+        tokens, assignments = model.visual(pixels)  # [2, 24, 32]
+        patches = model.visual_projection(tokens)  # [2, 24, 16]
+        pooled = model.visual_projection(tokens.mean(dim=1))
+    assert assignments == [] and tokens.shape[1] == 4 * 6
+    affinity = group_class_affinity(patches, pooled, text, model.logit_scale_value())  # [2, 24, 5]
+    expected = affinity.transpose(1, 2).reshape(2, 5, 4, 6).repeat_interleave(8, 2).repeat_interleave(8, 3)
+    torch.testing.assert_close(logits, expected)
+    expected_groups = torch.arange(24).reshape(4, 6).repeat_interleave(8, 0).repeat_interleave(8, 1)
+    assert torch.equal(group_maps[-1][1], expected_groups)

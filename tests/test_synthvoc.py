@@ -101,7 +101,7 @@ def test_voc_layout_round_trips_and_shards_hold_captions(tmp_path):
         dataset = load_dataset("voc", voc, split)
         assert len(dataset) == n
         for k in range(n):
-            image_id, image, labels = dataset[k]
+            image_id, _, labels = dataset[k]
             scene = make_scene(SMALL.seed, split, int(image_id.split("_")[1]), SMALL.scene)
             np.testing.assert_array_equal(labels, scene.labels)
             assert (voc / "JPEGImages" / f"{image_id}.jpg").read_bytes() == synthvoc.encode_jpeg(scene.image)
@@ -145,3 +145,26 @@ def test_demo_one_minute_end_to_end(tmp_path):
     assert Image.open(out / "report_grid.png").size[0] > 64
     assert "report_grid.png" in (out / "report.html").read_text()
     assert "SynthVOC val mIoU" in run.stdout
+
+
+def test_variant_models_and_ablation_flags():
+    from benchmarks.synthvoc_ablations import VARIANTS
+    from groupvit.cli import build_parser
+    from groupvit.config import GroupViTConfig
+    from groupvit.demo import DemoOptions, preset_sections, variant_model
+
+    model, train = preset_sections()
+    assert train["image_size"] == model["vision"]["image_size"] == train["eval_short_side"]
+    paper = GroupViTConfig.from_dict(variant_model(model, DemoOptions())).vision
+    vit = GroupViTConfig.from_dict(variant_model(model, DemoOptions(baseline="vit"))).vision
+    one = GroupViTConfig.from_dict(variant_model(model, DemoOptions(stages=1))).vision
+    soft = GroupViTConfig.from_dict(variant_model(model, DemoOptions(soft_assignment=True))).vision
+    assert vit.num_group_tokens == [0] and vit.num_output_groups == [] and vit.depths == [sum(paper.depths)]
+    assert one.num_group_tokens == [paper.num_group_tokens[0], 0] and sum(one.depths) == sum(paper.depths)
+    assert paper.hard_assignment and paper.gumbel and not soft.hard_assignment and not soft.gumbel
+    with pytest.raises(ValueError, match="stages"):
+        variant_model(model, DemoOptions(stages=3))
+    parser = build_parser()
+    for flags in VARIANTS.values():  # every ablation's flags are ones `groupvit demo` takes
+        args = parser.parse_args(["demo", *flags])
+        assert args.run.__name__ == "_demo"

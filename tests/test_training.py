@@ -190,3 +190,14 @@ def test_evaluation_hook_logs_miou(dataset, tmp_path):
                                    f"eval_root={voc}"), capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert re.search(r"step 2 \(\d+\.\d min\): voc mIoU \d+\.\d\d, groups in use \d", run.stdout), run.stdout
+
+
+def test_missing_shards_fail_before_training(tmp_path):
+    from groupvit.training.data import expand_shards
+
+    (tmp_path / "000.tar").write_bytes(b"")
+    assert expand_shards(f"{tmp_path}/{{000..000}}.tar") == [f"{tmp_path}/000.tar"]
+    with pytest.raises(FileNotFoundError, match=r"2 of 3 shards not found: .*001.tar"):
+        expand_shards(f"{tmp_path}/{{000..002}}.tar")
+    assert expand_shards("pipe:cat a.tar::https://host/{0..1}.tar") == ["pipe:cat a.tar", "https://host/0.tar",
+                                                                         "https://host/1.tar"]  # fmt: skip

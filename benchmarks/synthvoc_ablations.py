@@ -1,0 +1,68 @@
+"""The paper's comparisons on SynthVOC, each trained for the same budget: `groupvit demo` once per variant.
+
+    python -m benchmarks.synthvoc_ablations --minutes 10 --out ablations/          # all variants, in turn
+    python -m benchmarks.synthvoc_ablations --variants paper,vit --minutes 20      # a subset
+
+Writes OUT/<variant>/ (each demo's results.json, report.html, checkpoint) and OUT/table.md + OUT/table.json.
+On a GPU the same command runs each variant on it; on 2 CPU cores budget about (minutes + 2) per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# variant -> `groupvit demo` flags
+VARIANTS: dict[str, list[str]] = {
+    "paper": [],
+    "vit": ["--baseline", "vit"],
+    "soft_assignment": ["--soft-assignment"],
+    "no_multi_label": ["--no-multi-label"],
+    "one_stage": ["--stages", "1"],
+    "max_token": ["--noun-loss", "max_token"],
+    "vit_max_token": ["--baseline", "vit", "--noun-loss", "max_token"],
+}
+
+
+def table(rows: dict[str, dict]) -> str:
+    lines = ["| variant | mIoU | mIoU at 0.95 | groups in use | oracle-named mIoU | images seen | minutes |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['miou']:.1f} | {r['miou_at_official_threshold']:.1f} | {r['groups_in_use']:.2f} | "
+            f"{r['oracle']['miou']:.1f} | {r['images_seen']} | {r['minutes']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--out", default="synthvoc_ablations")
+    parser.add_argument("--data", help="SynthVOC folder (default: groupvit demo's cache)")
+    parser.add_argument("overrides", nargs="*", help="training config key=value for every variant")
+    args = parser.parse_args(argv)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    out = Path(args.out)
+    rows = {}
+    for name in names:
+        cmd = [sys.executable, "-m", "groupvit", "demo", "--minutes", str(args.minutes), "--out", str(out / name),
+               *VARIANTS[name], *(["--data", args.data] if args.data else []), *args.overrides]  # fmt: skip
+        print(f"== {name}: {' '.join(cmd[3:])}", flush=True)
+        subprocess.run(cmd, check=True)
+        rows[name] = json.loads((out / name / "results.json").read_text())
+        (out / "table.json").write_text(json.dumps(rows, indent=2))
+        (out / "table.md").write_text(table(rows))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
