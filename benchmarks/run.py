@@ -1,22 +1,30 @@
 """Side-by-side speed of groupvit and transformers' GroupViTModel on identical random weights.
 
-    python -m benchmarks.run [--quick] [--repeats 5] [--threads N] [--out benchmarks/results/run.json]
+    python -m benchmarks.run [--quick] [--repeats 5] [--threads N] [--device cpu|cuda] [--compile]
+                             [--out benchmarks/results/run.json]
 
 Medians over repeats after a warm-up; ratios are ours / theirs in throughput (higher is better for us). Cases:
 image embedding (batch 32 at 224 and 448), text embedding (256 prompts), a training step (forward, backward and
-AdamW on the contrastive loss, batch 32), and zero-shot segmentation of a 500x375 image with the 21 VOC classes
-under the official protocol against a per-crop reference that encodes each crop twice, one at a time, as the
-NVlabs code does (and transformers' `output_segmentation` at 224 for scale). Peak memory is the peak RSS growth
-of a fresh subprocess per case; the machine's fp32 matmul rate is measured in the same run.
+a fused AdamW step, the same optimiser for both, on the contrastive loss, batch 32), and zero-shot segmentation of
+a 500x375 image with the 21 VOC classes under the official protocol against a per-crop reference that encodes
+each crop twice, one at a time, as the NVlabs code does (and transformers' `output_segmentation` at 224 for
+scale). Variants of ours: `bf16` autocast (GPU, or CPUs with AVX512-BF16/AMX; its accuracy against fp32 is
+measured everywhere) and `compile` (`--compile`), each against transformers in fp32.
+
+Every case runs in a fresh subprocess holding only the model it times. Peak memory: on CPU, the growth of the
+process's peak resident set (VmHWM, reset through /proc/self/clear_refs once the model is loaded) over its
+resident set at that point, so weights are not counted and every torch allocation is (tracemalloc sees none);
+on GPU, torch.cuda.max_memory_allocated over the allocation after loading. The machine's matmul rate (fp32, and
+bf16 where it applies) is measured in the same run, as is the load average of the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,14 +39,18 @@ from groupvit.evaluation.datasets import VOC_CLASSES
 
 VOC = list(VOC_CLASSES)
 VISION_GFLOPS_224 = 7.94  # one 224 image through the vision tower (issue 6)
+TEXT_GFLOPS = 1.53  # one 77-token text through the text tower; ours stops at the longest prompt's EOT
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
+def timed(fn, repeats: int, device: str = "cpu") -> float:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    fn()  # warm-up (and compilation)
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -69,7 +81,7 @@ def per_crop_reference(model, pixels: torch.Tensor, text: torch.Tensor) -> torch
     from groupvit.segmentation import segment_crops, slide_windows
 
     H, W = pixels.shape[2:]
-    total, count = None, torch.zeros(1, H, W)
+    total, count = None, torch.zeros(1, H, W, device=pixels.device)
     for y1, y2, x1, x2 in slide_windows(H, W, 448, 224):
         crop = pixels[:, :, y1:y2, x1:x2]
         model.encode_image_groups(crop)  # the reference's first pass (attention maps)
@@ -80,124 +92,265 @@ def per_crop_reference(model, pixels: torch.Tensor, text: torch.Tensor) -> torch
     return total / count
 
 
-def case(name: str, quick: bool, repeats: int) -> float:
-    """Seconds per call (median) of one case, run in this process."""
+def bf16_supported(device: str) -> bool:
+    """bf16 kernels in hardware: a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX (oneDNN's check)."""
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def status_kib(key: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS: resident now, VmHWM: peak resident)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(key + ":"))
+    return int(line.split()[1])
+
+
+class PeakMemory:
+    """Peak memory a case adds over the loaded model: RSS high-water mark on CPU, allocator peak on GPU."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated() / 2**20
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS (Linux)
+            self.base = status_kib("VmRSS") / 1024
+
+    def peak_mib(self) -> float:
+        if self.device == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**20 - self.base
+        return status_kib("VmHWM") / 1024 - self.base
+
+
+def case(name: str, quick: bool, repeats: int, device: str) -> dict:
+    """Median seconds per call and peak memory of one case (`who:what:variant`), run in this process."""
     import groupvit
+    from groupvit.image import rescale_size, to_tensor
     from groupvit.losses import image_text_contrastive_loss
     from groupvit.segmentation import ZeroShotSegmenter, class_text_embeddings
 
+    who, what, variant = name.split(":")
     ours, theirs = models(quick)
+    if who == "theirs":
+        ours = None  # only the timed model stays resident
+    else:
+        theirs = None
+    model = (theirs or ours).to(device)
+    bf16 = torch.autocast(device, dtype=torch.bfloat16, enabled=variant == "bf16")
     batch = 4 if quick else 32
-    who, what = name.split(":")
+    result: dict = {}
+    if variant == "compile":
+        ours.compile_encoders()
     if what.startswith("image"):
-        size = int(what.removeprefix("image"))
-        x = torch.randn(batch, 3, size, size)
+        x = torch.randn(batch, 3, int(what.removeprefix("image")), int(what.removeprefix("image")), device=device)
         if who == "ours":
-            return timed(lambda: torch.no_grad()(ours.encode_image)(x), repeats)
-        vm = theirs.vision_model
 
-        def hf_image():
-            with torch.no_grad():
-                h = vm.encoder(vm.embeddings(x, interpolate_pos_encoding=True)).last_hidden_state
-                theirs.visual_projection(vm.layernorm(h).mean(1))
+            def fn(x=x):
+                with torch.inference_mode(), bf16:
+                    return ours.encode_image(x)
 
-        return timed(hf_image, repeats)
-    if what == "text":
+            if variant == "bf16":  # accuracy on a few images, also where bf16 is too slow to time
+                few = x[: 2 if bf16_supported(device) else 1]
+                with torch.inference_mode():
+                    cosine = F.cosine_similarity(fn(few).float(), ours.encode_image(few), dim=-1)
+                result["accuracy"] = {"min_cosine_vs_fp32": cosine.min().item(), "images": len(few)}
+        else:
+            vm = theirs.vision_model
+
+            def fn():
+                with torch.inference_mode():
+                    h = vm.encoder(vm.embeddings(x, interpolate_pos_encoding=True)).last_hidden_state
+                    return theirs.visual_projection(vm.layernorm(h).mean(1))
+
+    elif what == "text":
         ids = groupvit.tokenize([f"a photo of a {c}." for c in VOC] * (4 if quick else 13))[: 16 if quick else 256]
-        fn = ours.encode_text if who == "ours" else (lambda i: theirs.get_text_features(input_ids=i))
-        return timed(lambda: torch.no_grad()(fn)(ids), repeats)
-    if what == "train":
-        x, ids = torch.randn(batch, 3, 224, 224), groupvit.tokenize([f"a photo of a {c}." for c in VOC[:batch]] * 2)
-        ids = ids[:batch]
-        model = ours if who == "ours" else theirs
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        ids = ids.to(device)
 
-        def step():
-            if who == "ours":
-                image, text = F.normalize(ours.encode_image(x), dim=-1), F.normalize(ours.encode_text(ids), dim=-1)
-                scale = ours.logit_scale_value()
-            else:
-                image = F.normalize(theirs.get_image_features(pixel_values=x).pooler_output, dim=-1)
-                text = F.normalize(theirs.get_text_features(input_ids=ids).pooler_output, dim=-1)
-                scale = theirs.logit_scale.exp()
-            image_text_contrastive_loss(image, text, scale).backward()
+        def fn():
+            with torch.inference_mode(), bf16:
+                return ours.encode_text(ids) if who == "ours" else theirs.get_text_features(input_ids=ids)
+
+    elif what == "train":
+        x = torch.randn(batch, 3, 224, 224, device=device)
+        ids = groupvit.tokenize([f"a photo of a {c}." for c in VOC[:batch]] * 2)[:batch].to(device)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # the same optimiser for both
+
+        def fn():
+            with bf16:
+                if who == "ours":
+                    image, text = ours.encode_image(x), ours.encode_text(ids)
+                    scale = ours.logit_scale_value()
+                else:
+                    image = theirs.get_image_features(pixel_values=x).pooler_output
+                    text = theirs.get_text_features(input_ids=ids).pooler_output
+                    scale = theirs.logit_scale.exp()
+                loss = image_text_contrastive_loss(F.normalize(image, dim=-1), F.normalize(text, dim=-1), scale)
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        return timed(step, repeats)
-    if what == "segment":
+    elif what == "segment":
         size = (94, 125) if quick else (375, 500)
-        image = torch.randint(0, 255, (*size, 3), dtype=torch.uint8).numpy()
+        image = torch.randint(0, 255, (*size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        image = image.numpy()
         if who == "ours":
-            seg = ZeroShotSegmenter(ours, VOC, mode="slide", group_maps=False)
-            return timed(lambda: seg(image), repeats)
-        if who == "reference":
-            from groupvit.image import rescale_size, to_tensor
+            dtype = torch.bfloat16 if variant == "bf16" else None
+            seg = ZeroShotSegmenter(ours, VOC, mode="slide", group_maps=False, autocast_dtype=dtype)
 
+            def fn():
+                return seg(image)
+
+            if variant == "bf16":
+                if not bf16_supported(device):
+                    return {"skipped": f"no bf16 kernels on this {device}; accuracy not measured (minutes)"}
+                reference = ZeroShotSegmenter(ours, VOC, mode="slide", group_maps=False)(image).labels
+                result["accuracy"] = {"label_agreement_vs_fp32": float((fn().labels == reference).mean())}
+        elif who == "reference":
             text = class_text_embeddings(ours, VOC)
-            pixels = to_tensor(image, rescale_size(*size))
-            return timed(lambda: torch.no_grad()(per_crop_reference)(ours, pixels, text), repeats)
-        ids = groupvit.tokenize([f"a photo of a {c}." for c in VOC])
-        x = torch.randn(1, 3, 224, 224)
-        return timed(lambda: torch.no_grad()(theirs)(input_ids=ids, pixel_values=x, output_segmentation=True), repeats)
-    raise ValueError(name)
+            pixels = to_tensor(image, rescale_size(*size)).to(device)
+
+            def fn():
+                with torch.inference_mode():
+                    return per_crop_reference(ours, pixels, text)
+
+        else:
+            ids = groupvit.tokenize([f"a photo of a {c}." for c in VOC]).to(device)
+            x = torch.randn(1, 3, 224, 224, device=device)
+
+            def fn():
+                with torch.inference_mode():
+                    return theirs(input_ids=ids, pixel_values=x, output_segmentation=True)
+
+    else:
+        raise ValueError(name)
+    if variant == "bf16" and not bf16_supported(device):
+        return {"skipped": f"no bf16 kernels on this {device} (CPUs need AVX512-BF16 or AMX)", **result}
+    memory = PeakMemory(device)
+    memory.start()
+    seconds = timed(fn, repeats, device)
+    return {"seconds": seconds, "peak_mib": memory.peak_mib(), **result}
 
 
-def matmul_gflops() -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    seconds = timed(lambda: a @ b, 5)
-    return 2 * 2048**3 / seconds / 1e9
+def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    seconds = timed(lambda: a @ b, 5, device)
+    return 2 * n**3 / seconds / 1e9
+
+
+def nominal_gflops(what: str, batch: int) -> float | None:
+    """FLOPs of one call, from the issue's per-image and per-text counts (None where none is given)."""
+    forward = {"image224": VISION_GFLOPS_224 * batch, "text": TEXT_GFLOPS * 256,
+               "train": (VISION_GFLOPS_224 + TEXT_GFLOPS) * batch}.get(what)  # fmt: skip
+    return None if forward is None else forward * (3 if what == "train" else 1)  # backward ~ 2x forward
+
+
+def machine_info(threads: int, device: str) -> dict:
+    cpu, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    import transformers
+
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": threads,
+            "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+            "cpu_bf16_kernels": bf16_supported("cpu"), "device": device,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}  # fmt: skip
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| case | variant | vs | ours ms | peer ms | speed-up | ours peak MiB | peer peak MiB | notes |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for r in rows:
+        if "skipped" in r:
+            timing = "| - | - | - | - | - "
+        else:
+            timing = (f"| {r['ours_s'] * 1e3:.0f} | {r['peer_s'] * 1e3:.0f} | {r['speedup']:.2f}x "
+                      f"| {r['ours_peak_mib']:.0f} | {r['peer_peak_mib']:.0f} ")  # fmt: skip
+        notes = [r["skipped"]] if "skipped" in r else []
+        notes += [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.get("accuracy", {}).items()]
+        if r.get("ours_gflops"):
+            notes.append(f"{r['ours_gflops']:.0f} vs {r['peer_gflops']:.0f} GFLOP/s")
+        lines.append(f"| {r['case']} | {r['variant']} | {r['peer']} {timing}| {'; '.join(notes)} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model and sizes, one repeat (for CI)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
     parser.add_argument("--out", default="benchmarks/results/run.json")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in a fresh process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
     if args.case:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        seconds = case(args.case, args.quick, repeats)
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-        print(json.dumps({"seconds": seconds, "peak_rss_growth_mib": peak}))
+        print(json.dumps(case(args.case, args.quick, repeats, args.device)))
         return
-    pairs = [("image224", "theirs"), ("image448", "theirs"), ("text", "theirs"), ("train", "theirs"),
-             ("segment", "reference"), ("segment", "theirs")]  # fmt: skip
+    load_start = os.getloadavg()
+    pairs = [("image224", "theirs", "fp32"), ("image448", "theirs", "fp32"), ("text", "theirs", "fp32"),
+             ("train", "theirs", "fp32"), ("segment", "reference", "fp32"), ("segment", "theirs", "fp32"),
+             ("image224", "theirs", "bf16"), ("segment", "reference", "bf16")]  # fmt: skip
+    if args.device == "cuda":
+        pairs.append(("train", "theirs", "bf16"))
+    if args.compile:
+        pairs += [("image224", "theirs", "compile"), ("segment", "reference", "compile")]
+    batch = 4 if args.quick else 32
     rows = []
-    for what, peer in pairs:
+    for what, peer, variant in pairs:
         measured = {}
-        for who in ("ours", peer):
-            command = [sys.executable, "-m", "benchmarks.run", "--case", f"{who}:{what}", "--threads",
-                       str(args.threads), "--repeats", str(repeats)] + (["--quick"] if args.quick else [])  # fmt: skip
+        for who, who_variant in (("ours", variant), (peer, "fp32")):
+            command = [sys.executable, "-m", "benchmarks.run", "--case", f"{who}:{what}:{who_variant}", "--threads",
+                       str(args.threads), "--repeats", str(repeats), "--device", args.device]  # fmt: skip
+            command += ["--quick"] if args.quick else []
             run = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             if run.returncode:
-                raise SystemExit(f"case {who}:{what} failed:\n{run.stderr[-2000:]}")
+                raise SystemExit(f"case {who}:{what}:{who_variant} failed:\n{run.stderr[-2000:]}")
             measured[who] = json.loads(run.stdout.strip().splitlines()[-1])
-        ratio = measured[peer]["seconds"] / measured["ours"]["seconds"]
-        rows.append({"case": what, "peer": peer, "ours_s": measured["ours"]["seconds"],
-                     "peer_s": measured[peer]["seconds"], "speedup": ratio,
-                     "ours_peak_mib": measured["ours"]["peak_rss_growth_mib"],
-                     "peer_peak_mib": measured[peer]["peak_rss_growth_mib"]})  # fmt: skip
-        print(f"{what:<10} vs {peer:<9} ours {measured['ours']['seconds'] * 1e3:9.1f} ms  "
-              f"{peer} {measured[peer]['seconds'] * 1e3:9.1f} ms  speed-up {ratio:5.2f}x  "
-              f"peak RSS +{rows[-1]['ours_peak_mib']:.0f} / +{rows[-1]['peer_peak_mib']:.0f} MiB")  # fmt: skip
-    gflops = matmul_gflops()
-    image = next(r for r in rows if r["case"] == "image224")
-    batch = 4 if args.quick else 32
-    achieved = None if args.quick else VISION_GFLOPS_224 * batch / image["ours_s"]
+            if "skipped" in measured[who]:
+                break
+        ours = measured["ours"]
+        row = {"case": what, "peer": peer, "variant": variant}
+        if "skipped" in ours:
+            row.update(ours)
+        else:
+            row.update(ours_s=ours["seconds"], peer_s=measured[peer]["seconds"],
+                       speedup=measured[peer]["seconds"] / ours["seconds"], ours_peak_mib=ours["peak_mib"],
+                       peer_peak_mib=measured[peer]["peak_mib"], accuracy=ours.get("accuracy", {}))  # fmt: skip
+            flops = None if args.quick else nominal_gflops(what, batch)
+            if flops:
+                row.update(ours_gflops=flops / row["ours_s"], peer_gflops=flops / row["peer_s"])
+        rows.append(row)
+        print(table([row]).splitlines()[-1], flush=True)
+    gflops = {"fp32": matmul_gflops(args.device)}
+    gflops["bf16"] = matmul_gflops(args.device, torch.bfloat16, 2048 if bf16_supported(args.device) else 256)
+    image = next(r for r in rows if r["case"] == "image224" and r["variant"] == "fp32")
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                    "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available()
-                    else None},
-        "quick": args.quick, "repeats": repeats, "matmul_gflops": gflops,
-        "vision_gflops_achieved_224": achieved, "rows": rows,
+        "machine": machine_info(args.threads, args.device),
+        "load_average_1_5_15min": {"start": load_start, "end": os.getloadavg()},
+        "quick": args.quick, "repeats": repeats, "batch": batch,
+        "matmul_gflops": gflops, "vision_gflops_224": {"ours": image.get("ours_gflops"),
+                                                       "theirs": image.get("peer_gflops")},
+        "rows": rows,
     }  # fmt: skip
-    print(f"fp32 matmul {gflops:.1f} GFLOP/s" + (f"; vision tower at 224 {achieved:.1f} GFLOP/s" if achieved else ""))
+    print(table(rows))
+    print(f"matmul {gflops['fp32']:.1f} GFLOP/s fp32, {gflops['bf16']:.1f} bf16"
+          + (f"; vision tower at 224: ours {image['ours_gflops']:.1f}, theirs {image['peer_gflops']:.1f} GFLOP/s"
+             if image.get("ours_gflops") else ""))  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 
