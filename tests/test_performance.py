@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import groupvit
 from groupvit.config import model_config
+from groupvit.layers import Mlp
 from groupvit.segmentation import ZeroShotSegmenter, class_text_embeddings, segment_crops
 
 CAPTIONS = ["a photo of a dog.", "two cats on a sofa", "sky", "a red car parked on the road at night"]
@@ -78,3 +79,11 @@ def test_final_stage_only_maps_give_the_same_logits(small_model):
     fast, no_maps = segment_crops(small_model, pixels, text, 0.5, group_maps=False)
     assert len(maps) == 2 and no_maps == []
     torch.testing.assert_close(fast, logits, rtol=0, atol=0)
+
+
+def test_inplace_gelu_without_autograd_matches_autograd_path():
+    mlp = Mlp(16, 64)
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        fast = mlp(x)
+    torch.testing.assert_close(fast, mlp(x), rtol=0, atol=0)
