@@ -146,20 +146,20 @@ def write_report(model, dataset, scenes: dict, result: dict, out: Path, threshol
                  images: int = 12) -> Path:  # fmt: skip
     """report.html: the numbers, the mIoU curve, and a grid of image / ground truth / prediction / group maps."""
     from .segmentation import ZeroShotSegmenter
-    from .viz import group_maps_image, overlay, result_grid
+    from .viz import comparison_grid, group_maps_image, result_grid
+
+    def big(a: np.ndarray) -> np.ndarray:  # 3x nearest-neighbour: 64 px scenes are small on a screen
+        return a.repeat(3, axis=0).repeat(3, axis=1)
 
     segmenter = ZeroShotSegmenter(model, dataset.class_names, threshold, mode="whole", short_side=size)
-    rows = []
+    rows, groups = [], []
     for i in range(min(images, len(dataset))):
         _, image, target = dataset[i]
         seg = segmenter(image)
-        truth = overlay(image, np.where(target == 255, 0, target), dataset.class_names, legend=False)
-        pred = overlay(image, seg.labels, dataset.class_names, legend=False)
-        groups = group_maps_image(image, seg.group_maps).crop((image.shape[1] + 4, 0, 10**5, image.shape[0]))
-        rows.append([truth, pred, groups])
-    grid = result_grid([[im.resize((im.width * 3, im.height * 3)) for im in row] for row in rows],
-                       titles=["ground truth", "prediction", "groups per stage"])  # fmt: skip
-    grid.save(out / "report_grid.png")
+        rows.append((big(image), big(target), big(seg.labels)))
+        groups.append([group_maps_image(big(image), [big(g) for g in seg.group_maps])])
+    comparison_grid(rows, dataset.label_names).save(out / "report_grid.png")
+    result_grid(groups).save(out / "report_groups.png")
     table = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{'absent' if iou is None else f'{iou:.1f}'}</td></tr>"
         for name, iou in result["per_class"].items()
@@ -179,7 +179,8 @@ background threshold {threshold} chosen on the calib split; at the official 0.95
 (by number of objects: {html.escape(json.dumps(result["groups_in_use_by_objects"]))}).
 Oracle-named groups: mIoU {result["oracle"]["miou"]:.2f}.</p>
 {curve_svg(result["curve"])}
-<h2>Validation scenes</h2><img src="report_grid.png" alt="ground truth, prediction and group maps">
+<h2>Validation scenes</h2><img src="report_grid.png" alt="image, ground truth and prediction">
+<img src="report_groups.png" alt="final groups of every stage">
 <ol start="0">{captions}</ol>
 <h2>Per class IoU</h2><table>{table}</table></body></html>"""
     path = out / "report.html"

@@ -142,7 +142,7 @@ def test_demo_one_minute_end_to_end(tmp_path):
     assert 0.9 <= result["minutes"] <= 1.5 and result["images_seen"] > 0
     assert result["curve"] and result["curve"][-1]["step"] == result["steps"]
     assert (out / "model.safetensors").is_file() and (out / "checkpoint.pt").is_file()
-    assert Image.open(out / "report_grid.png").size[0] > 64
+    assert Image.open(out / "report_grid.png").size[0] > 3 * 64 and Image.open(out / "report_groups.png").size[0] > 64
     assert "report_grid.png" in (out / "report.html").read_text()
     assert "SynthVOC val mIoU" in run.stdout
 
