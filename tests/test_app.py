@@ -171,20 +171,25 @@ def server(small_checkpoint, tmp_path_factory):
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, f"the app exited: {log.read_text()}"
-        assert time.monotonic() < deadline, f"the app did not answer in 120 s: {log.read_text()}"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.5)
-    temp_dir = Path(re.search(r"go to (\S+) \(removed at exit\)", log.read_text()).group(1))
-    yield url, temp_dir, process
-    process.send_signal(signal.SIGINT)  # what Ctrl-C sends; the app then removes its temp dir
-    process.wait(timeout=30)
-    assert not temp_dir.exists(), log.read_text()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"the app exited: {log.read_text()}"
+            assert time.monotonic() < deadline, f"the app did not answer in 120 s: {log.read_text()}"
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        temp_dir = Path(re.search(r"go to (\S+) \(removed at exit\)", log.read_text()).group(1))
+        yield url, temp_dir, process
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends; the app then removes its temp dir
+        process.wait(timeout=120)  # gradio's shutdown can take a while on a loaded machine
+        assert not temp_dir.exists(), log.read_text()
+    finally:  # never leave a server behind, whatever failed
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="module")
