@@ -19,6 +19,7 @@ import copy
 import html
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -239,7 +240,13 @@ def run_app(
     try:
         page = SegmentationApp(model, description, warning, temp_dir, limits).build()
         page.queue(max_size=16).launch(
-            server_name=host, server_port=port, max_file_size=limits.max_file_size, ssr_mode=False, mcp_server=False
-        )
+            server_name=host, server_port=port, max_file_size=limits.max_file_size, ssr_mode=False, mcp_server=False,
+            prevent_thread_lock=True,
+        )  # fmt: skip
+        # Our own wait: gradio's blocking wait closes the server gracefully on Ctrl-C, which can hang for minutes on
+        # open connections; the server thread is a daemon, so leaving this function ends it.
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("groupvit app: stopped", flush=True)
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
