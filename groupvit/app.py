@@ -18,6 +18,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import copy
 import html
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -237,6 +238,12 @@ def run_app(
     # Gradio keeps uploads and the pictures it sends in GRADIO_TEMP_DIR and accepts uploaded paths only from there.
     os.environ["GRADIO_TEMP_DIR"] = temp_dir
     print(f"groupvit app: uploads and result pictures go to {temp_dir} (removed at exit)", flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (service managers, `kill`) stops like Ctrl-C; background jobs of a shell may have SIGINT ignored.
+    signal.signal(signal.SIGTERM, stop)
     try:
         page = SegmentationApp(model, description, warning, temp_dir, limits).build()
         page.queue(max_size=16).launch(

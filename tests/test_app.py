@@ -183,7 +183,7 @@ def server(small_checkpoint, tmp_path_factory):
                 time.sleep(0.5)
         temp_dir = Path(re.search(r"go to (\S+) \(removed at exit\)", log.read_text()).group(1))
         yield url, temp_dir, process
-        process.send_signal(signal.SIGINT)  # what Ctrl-C sends; the app then removes its temp dir
+        process.send_signal(signal.SIGTERM)  # what `kill` sends (SIGINT may be ignored under a background shell)
         process.wait(timeout=120)  # gradio's shutdown can take a while on a loaded machine
         assert not temp_dir.exists(), log.read_text()
     finally:  # never leave a server behind, whatever failed
