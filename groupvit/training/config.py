@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from ..config import GroupViTConfig, model_config
+from ..losses import NOUN_LOSSES
 
 
 @dataclass
@@ -75,8 +76,8 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         if self.batch_size < 1 or self.accum_steps < 1 or self.steps < 1:
             raise ValueError("batch_size, accum_steps and steps must be positive")
-        if self.noun_loss not in ("pooled", "max_token"):
-            raise ValueError(f"noun_loss must be pooled or max_token, got {self.noun_loss!r}")
+        if self.noun_loss not in NOUN_LOSSES:
+            raise ValueError(f"noun_loss must be one of {NOUN_LOSSES}, got {self.noun_loss!r}")
         if self.minutes < 0:
             raise ValueError(f"minutes must be >= 0, got {self.minutes}")
         if self.precision not in ("auto", "bf16", "fp32"):
