@@ -233,7 +233,7 @@ def _demo(args: argparse.Namespace) -> int:
         soft_assignment=args.soft_assignment, multi_label=not args.no_multi_label, stages=args.stages,
         noun_loss=args.noun_loss, seed=args.seed, train_scenes=args.train_scenes,
         val_scenes=args.val_scenes, workers=args.workers,
-        overrides=tuple(args.overrides),
+        overrides=tuple(args.overrides), scene=tuple(args.scene),
     )  # fmt: skip
     result = run_demo(options)
     print(f"SynthVOC val mIoU {result['miou']:.2f} (background threshold {result['background_threshold']}), "
@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-scenes", type=int, default=20_000, help="training scenes to generate")
     p.add_argument("--val-scenes", type=int, default=500, help="validation scenes to generate and score")
     p.add_argument("--workers", type=int, default=2, help="processes for data generation and noun tagging")
+    p.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
+                   help="scene generator option over the preset's, repeatable: max_clutter=0, max_objects=2, "
+                        "object_scale=[0.45,0.75] (data cached per setting)")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="training config overrides as key=value, e.g. lr=2e-3")
     p.set_defaults(run=_demo)
 

@@ -8,14 +8,18 @@ patch-to-text similarity), soft assignment, no multi-label loss, one grouping st
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import html
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from .data.synthvoc import SceneOptions
 
 PRESET = "synthvoc"  # groupvit/configs/synthvoc.yaml: model and train sections
 
@@ -35,18 +39,42 @@ class DemoOptions:
     val_scenes: int = 500
     workers: int = 2
     overrides: tuple[str, ...] = ()  # key=value for the training config
+    scene: tuple[str, ...] = ()  # key=value for SceneOptions, over the preset's `scene` section
 
 
-def default_data_dir(seed: int) -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "groupvit" / f"synthvoc-{seed}"
+def default_data_dir(seed: int, scene: SceneOptions) -> Path:
+    """~/.cache/groupvit/synthvoc-SEED, with a digest of the scene options when they are not the defaults, so
+    datasets of different difficulty are cached side by side."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "groupvit"
+    if scene == SceneOptions():
+        return cache / f"synthvoc-{seed}"
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(scene), sort_keys=True).encode()).hexdigest()[:8]
+    return cache / f"synthvoc-{seed}-{digest}"
 
 
-def preset_sections() -> tuple[dict, dict]:
+def preset_sections() -> tuple[dict, dict, dict]:
+    """The preset's model, train and scene sections."""
     from importlib import resources
 
     data = yaml.safe_load((resources.files("groupvit") / "configs" / f"{PRESET}.yaml").read_text())
-    return data["model"], data["train"]
+    return data["model"], data["train"], data.get("scene", {})
+
+
+def scene_options(section: dict, overrides: Sequence[str] = ()) -> SceneOptions:
+    """SceneOptions from the preset's scene section and key=value overrides (values read as YAML)."""
+    fields = {f.name for f in dataclasses.fields(SceneOptions)}
+    values = dict(section)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"scene override {item!r} is not key=value, e.g. max_clutter=0")
+        values[key.strip()] = yaml.safe_load(value)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"unknown scene options {unknown}; known: {sorted(fields)}")
+    if "object_scale" in values:
+        values["object_scale"] = tuple(values["object_scale"])
+    return SceneOptions(**values)
 
 
 def variant_model(model: dict, options: DemoOptions) -> dict:
@@ -68,14 +96,14 @@ def variant_model(model: dict, options: DemoOptions) -> dict:
     return model
 
 
-def prepare_data(options: DemoOptions) -> tuple[Path, str]:
+def prepare_data(options: DemoOptions, scene: SceneOptions) -> tuple[Path, str]:
     """Generate SynthVOC (cached) and tag its captions' nouns once; returns (root, training shard pattern)."""
     from .data.nouns import prepare_nouns
     from .data.synthvoc import SynthVOCSpec, generate, train_shards
     from .training.data import expand_shards
 
-    root = Path(options.data or default_data_dir(options.seed))
-    spec = SynthVOCSpec(seed=options.seed, train=options.train_scenes, val=options.val_scenes)
+    root = Path(options.data or default_data_dir(options.seed, scene))
+    spec = SynthVOCSpec(seed=options.seed, train=options.train_scenes, val=options.val_scenes, scene=scene)
     tagged = root / "train_nouns"
     if generate(root, spec, workers=options.workers):
         shutil.rmtree(tagged, ignore_errors=True)  # nouns of the previous scenes
@@ -96,8 +124,9 @@ def run_demo(options: DemoOptions) -> dict:
 
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    root, shards = prepare_data(options)
-    model_section, train_section = preset_sections()
+    model_section, train_section, scene_section = preset_sections()
+    scene = scene_options(scene_section, options.scene)
+    root, shards = prepare_data(options, scene)
     model_section = variant_model(model_section, options)
     (out / "model.yaml").write_text(yaml.safe_dump({"model": model_section}, sort_keys=False))
     voc = voc_root(root)
@@ -130,6 +159,7 @@ def run_demo(options: DemoOptions) -> dict:
         steps=summary["steps"],
         variant={"baseline": options.baseline, "soft_assignment": options.soft_assignment,
                  "multi_label": options.multi_label, "stages": options.stages, "noun_loss": options.noun_loss},
+        scene=dataclasses.asdict(scene),
         groups_in_use_by_objects={str(k): float(np.mean(v)) for k, v in sorted(by_objects.items())},
         calibration={str(t): m for t, m in curve.items()},
         miou_at_official_threshold=official["miou"],

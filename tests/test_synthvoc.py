@@ -132,11 +132,16 @@ def test_demo_one_minute_end_to_end(tmp_path):
     out = tmp_path / "demo"
     run = subprocess.run(
         [sys.executable, "-m", "groupvit", "demo", "--minutes", "1", "--out", str(out), "--data", str(tmp_path / "d"),
-         "--train-scenes", "1000", "--val-scenes", "40"],
+         "--train-scenes", "1000", "--val-scenes", "40", "--scene", "max_clutter=0",
+         "--scene", "object_scale=[0.4,0.7]"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
+    # The scene options reach the generator: the data's manifest and the results both record them.
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["spec"]["scene"]["max_clutter"] == result["scene"]["max_clutter"] == 0
+    assert manifest["spec"]["scene"]["object_scale"] == result["scene"]["object_scale"] == [0.4, 0.7]
     assert 0.0 <= result["miou"] <= 100.0 and result["images"] == 40
     assert set(result["per_class"]) == {"background", *VOC_CLASSES}
     assert 0.9 <= result["minutes"] <= 1.5 and result["images_seen"] > 0
@@ -147,13 +152,29 @@ def test_demo_one_minute_end_to_end(tmp_path):
     assert "SynthVOC val mIoU" in run.stdout
 
 
+def test_scene_options_from_preset_and_overrides():
+    from groupvit.demo import default_data_dir, scene_options
+
+    options = scene_options({"max_objects": 3}, ["max_clutter=0", "object_scale=[0.5, 0.8]", "size=64"])
+    assert options == SceneOptions(size=64, max_objects=3, max_clutter=0, object_scale=(0.5, 0.8))
+    assert scene_options({}, []) == SceneOptions()
+    with pytest.raises(ValueError, match=r"unknown scene options \['clutter'\]"):
+        scene_options({}, ["clutter=0"])
+    with pytest.raises(ValueError, match="key=value"):
+        scene_options({}, ["max_clutter"])
+    # Other scene settings are cached beside the default data, never over it.
+    assert default_data_dir(0, SceneOptions()).name == "synthvoc-0"
+    assert default_data_dir(0, options).name.startswith("synthvoc-0-")
+    assert default_data_dir(0, options) != default_data_dir(0, SceneOptions(max_clutter=0))
+
+
 def test_variant_models_and_ablation_flags():
     from benchmarks.synthvoc_ablations import VARIANTS
     from groupvit.cli import build_parser
     from groupvit.config import GroupViTConfig
     from groupvit.demo import DemoOptions, preset_sections, variant_model
 
-    model, train = preset_sections()
+    model, train, _ = preset_sections()
     assert train["image_size"] == model["vision"]["image_size"] == train["eval_short_side"]
     paper = GroupViTConfig.from_dict(variant_model(model, DemoOptions())).vision
     vit = GroupViTConfig.from_dict(variant_model(model, DemoOptions(baseline="vit"))).vision
