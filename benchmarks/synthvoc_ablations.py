@@ -24,6 +24,7 @@ VARIANTS: dict[str, list[str]] = {
     "one_stage": ["--stages", "1"],
     "max_token": ["--noun-loss", "max_token"],
     "vit_max_token": ["--baseline", "vit", "--noun-loss", "max_token"],
+    "fan_in_init": ["--grouping-init", "fan_in"],
 }
 
 

@@ -34,6 +34,7 @@ class DemoOptions:
     multi_label: bool = True
     stages: int = 2
     noun_loss: str = "pooled"
+    grouping_init: str = "reference"  # or "fan_in" (a variant: see VisionConfig.grouping_init)
     seed: int = 0
     train_scenes: int = 20_000
     val_scenes: int = 500
@@ -93,6 +94,8 @@ def variant_model(model: dict, options: DemoOptions) -> dict:
         raise ValueError(f"stages must be 1 or 2, got {options.stages}")
     if options.soft_assignment:
         vision.update(hard_assignment=False, gumbel=False)
+    if options.grouping_init != "reference":
+        vision["grouping_init"] = options.grouping_init
     return model
 
 
@@ -158,7 +161,8 @@ def run_demo(options: DemoOptions) -> dict:
         images_seen=summary["images_seen"],
         steps=summary["steps"],
         variant={"baseline": options.baseline, "soft_assignment": options.soft_assignment,
-                 "multi_label": options.multi_label, "stages": options.stages, "noun_loss": options.noun_loss},
+                 "multi_label": options.multi_label, "stages": options.stages, "noun_loss": options.noun_loss,
+                 "grouping_init": options.grouping_init},
         scene=dataclasses.asdict(scene),
         groups_in_use_by_objects={str(k): float(np.mean(v)) for k, v in sorted(by_objects.items())},
         calibration={str(t): m for t, m in curve.items()},

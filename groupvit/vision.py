@@ -142,6 +142,12 @@ class VisionEncoder(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if self.cfg.grouping_init == "fan_in":
+            for stage in self.stages:
+                for part in (stage.grouping, stage.group_projector):
+                    for m in part.modules() if part is not None else ():
+                        if isinstance(m, nn.Linear):
+                            nn.init.normal_(m.weight, std=m.in_features**-0.5)
 
     def check_input(self, pixels: torch.Tensor) -> None:
         p = self.cfg.patch_size

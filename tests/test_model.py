@@ -29,6 +29,28 @@ def test_group_token_init():
     assert model.logit_scale.item() == pytest.approx(2.6592600)
 
 
+def test_grouping_init_fan_in_only_touches_grouping_layers():
+    from groupvit.config import GroupViTConfig, VisionConfig
+
+    def vision(init: str) -> groupvit.GroupViT:
+        torch.manual_seed(0)
+        cfg = VisionConfig(image_size=32, patch_size=8, width=64, depths=[2, 1, 1], num_heads=2,
+                           num_group_tokens=[8, 4, 0], num_output_groups=[8, 4], grouping_init=init)  # fmt: skip
+        return groupvit.GroupViT(GroupViTConfig(vision=cfg)).visual
+
+    reference, fan_in = vision("reference"), vision("fan_in")
+    for name, m in fan_in.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            grouping = ".grouping." in name or ".group_projector." in name
+            expected = m.in_features**-0.5 if grouping else 0.02  # 0.02 is the reference's std everywhere
+            assert m.weight.std().item() == pytest.approx(expected, rel=0.15), name
+    assert reference.stages[0].grouping.assign.proj.weight.std().item() == pytest.approx(0.02, rel=0.15)
+    # Blocks draw the same numbers either way: only the grouping layers are re-drawn afterwards.
+    assert torch.equal(reference.stages[0].blocks[0].mlp.fc1.weight, fan_in.stages[0].blocks[0].mlp.fc1.weight)
+    with pytest.raises(ValueError, match="grouping_init"):
+        VisionConfig(grouping_init="xavier")
+
+
 def test_hard_assignment_is_one_hot_with_soft_gradient():
     logits = torch.tensor([[[2.0, 0.0, -1.0], [1.0, 3.0, -1.0]]], requires_grad=True)  # [B=1, S=2, N=3]
     hard = assign_tokens_to_groups(logits, hard=True, gumbel=False)

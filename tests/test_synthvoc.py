@@ -183,6 +183,8 @@ def test_variant_models_and_ablation_flags():
     assert vit.num_group_tokens == [0] and vit.num_output_groups == [] and vit.depths == [sum(paper.depths)]
     assert one.num_group_tokens == [paper.num_group_tokens[0], 0] and sum(one.depths) == sum(paper.depths)
     assert paper.hard_assignment and paper.gumbel and not soft.hard_assignment and not soft.gumbel
+    fan_in = GroupViTConfig.from_dict(variant_model(model, DemoOptions(grouping_init="fan_in"))).vision
+    assert paper.grouping_init == "reference" and fan_in.grouping_init == "fan_in"
     with pytest.raises(ValueError, match="stages"):
         variant_model(model, DemoOptions(stages=3))
     parser = build_parser()
