@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -127,13 +128,26 @@ class GroupViTConfig:
         return json.dumps(self.to_dict(), indent=2)
 
 
+def dataclass_from_dict(kind: type, values: dict[str, Any], overrides: Sequence[str] = (), what: str = "config") -> Any:
+    """`kind(**values)` after applying `key=value` overrides (values read as YAML: 0.5, [1, 2], true); unknown keys
+    are an error that lists the known ones."""
+    values = dict(values)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{what} override {item!r} is not key=value")
+        values[key.strip()] = yaml.safe_load(value)
+    fields = sorted(f.name for f in dataclasses.fields(kind))
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown keys in {what}: {unknown}; known: {fields}")
+    return kind(**values)
+
+
 def _build(kind: type, values: dict[str, Any], section: str) -> Any:
     if isinstance(values, kind):
         return values
-    unknown = set(values) - {f.name for f in dataclasses.fields(kind)}
-    if unknown:
-        raise ValueError(f"unknown keys in model config section '{section}': {sorted(unknown)}")
-    return kind(**values)
+    return dataclass_from_dict(kind, values, what=f"model config section '{section}'")
 
 
 def list_presets() -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .config import dataclass_from_dict
 from .data.synthvoc import SceneOptions
 
 PRESET = "synthvoc"  # groupvit/configs/synthvoc.yaml: model and train sections
@@ -63,19 +64,7 @@ def preset_sections() -> tuple[dict, dict, dict]:
 
 def scene_options(section: dict, overrides: Sequence[str] = ()) -> SceneOptions:
     """SceneOptions from the preset's scene section and key=value overrides (values read as YAML)."""
-    fields = {f.name for f in dataclasses.fields(SceneOptions)}
-    values = dict(section)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"scene override {item!r} is not key=value, e.g. max_clutter=0")
-        values[key.strip()] = yaml.safe_load(value)
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ValueError(f"unknown scene options {unknown}; known: {sorted(fields)}")
-    if "object_scale" in values:
-        values["object_scale"] = tuple(values["object_scale"])
-    return SceneOptions(**values)
+    return dataclass_from_dict(SceneOptions, section, overrides, what="scene options")
 
 
 def variant_model(model: dict, options: DemoOptions) -> dict:

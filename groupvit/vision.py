@@ -143,11 +143,9 @@ class VisionEncoder(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if self.cfg.grouping_init == "fan_in":
-            for stage in self.stages:
-                for part in (stage.grouping, stage.group_projector):
-                    for m in part.modules() if part is not None else ():
-                        if isinstance(m, nn.Linear):
-                            nn.init.normal_(m.weight, std=m.in_features**-0.5)
+            for name, m in self.stages.named_modules():  # names like "0.grouping.assign.proj"
+                if isinstance(m, nn.Linear) and (".grouping." in name or ".group_projector." in name):
+                    nn.init.normal_(m.weight, std=m.in_features**-0.5)
 
     def check_input(self, pixels: torch.Tensor) -> None:
         p = self.cfg.patch_size

@@ -158,10 +158,16 @@ def test_scene_options_from_preset_and_overrides():
     options = scene_options({"max_objects": 3}, ["max_clutter=0", "object_scale=[0.5, 0.8]", "size=64"])
     assert options == SceneOptions(size=64, max_objects=3, max_clutter=0, object_scale=(0.5, 0.8))
     assert scene_options({}, []) == SceneOptions()
-    with pytest.raises(ValueError, match=r"unknown scene options \['clutter'\]"):
+    with pytest.raises(ValueError, match=r"unknown keys in scene options: \['clutter'\]"):
         scene_options({}, ["clutter=0"])
     with pytest.raises(ValueError, match="key=value"):
         scene_options({}, ["max_clutter"])
+    # The same parser reads training overrides.
+    from groupvit.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"unknown keys in training config: \['lr_typo'\]"):
+        TrainConfig.from_dict({}, ["lr_typo=1"])
+    assert TrainConfig.from_dict({}, ["lr=2e-3", "betas=[0.9, 0.98]"]).betas == (0.9, 0.98)
     # Other scene settings are cached beside the default data, never over it.
     assert default_data_dir(0, SceneOptions()).name == "synthvoc-0"
     assert default_data_dir(0, options).name.startswith("synthvoc-0-")

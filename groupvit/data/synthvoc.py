@@ -94,6 +94,9 @@ class SceneOptions:
     same_class: float = 0.2  # chance that an extra object repeats a class already in the scene
     min_visible: float = 0.6  # an object keeps at least this share of its pixels after occlusion
 
+    def __post_init__(self) -> None:  # YAML and JSON give lists; a tuple keeps equal options equal
+        object.__setattr__(self, "object_scale", tuple(self.object_scale))
+
 
 @dataclass
 class Scene:

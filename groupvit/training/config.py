@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ..config import GroupViTConfig, model_config
+from ..config import GroupViTConfig, dataclass_from_dict, model_config
 from ..losses import NOUN_LOSSES
 
 
@@ -97,17 +97,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
-        data = dict(data)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"override {item!r} is not key=value")
-            data[key.strip()] = yaml.safe_load(value)
-        unknown = set(data) - set(fields)
-        if unknown:
-            raise ValueError(f"unknown training config keys: {sorted(unknown)}; known: {sorted(fields)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, overrides or (), what="training config")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
