@@ -2,6 +2,7 @@
 
     python -m benchmarks.synthvoc_ablations --minutes 10 --out ablations/          # all variants, in turn
     python -m benchmarks.synthvoc_ablations --variants paper,vit --minutes 20      # a subset
+    python -m benchmarks.synthvoc_ablations --scene max_clutter=0 --scene max_objects=2   # on easier scenes
 
 Writes OUT/<variant>/ (each demo's results.json, report.html, checkpoint) and OUT/table.md + OUT/table.json.
 On a GPU the same command runs each variant on it; on 2 CPU cores budget about (minutes + 2) per variant.
@@ -25,6 +26,7 @@ VARIANTS: dict[str, list[str]] = {
     "max_token": ["--noun-loss", "max_token"],
     "vit_max_token": ["--baseline", "vit", "--noun-loss", "max_token"],
     "fan_in_init": ["--grouping-init", "fan_in"],
+    "fan_in_max_token": ["--grouping-init", "fan_in", "--noun-loss", "max_token"],
 }
 
 
@@ -39,13 +41,26 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--out", default="synthvoc_ablations")
     parser.add_argument("--data", help="SynthVOC folder (default: groupvit demo's cache)")
+    parser.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE", help="scene option, as demo's")
     parser.add_argument("overrides", nargs="*", help="training config key=value for every variant")
+    return parser
+
+
+def demo_command(variant: str, args: argparse.Namespace) -> list[str]:
+    """The `groupvit demo` command line of one variant, with the options every variant shares."""
+    return [sys.executable, "-m", "groupvit", "demo", "--minutes", str(args.minutes),
+            "--out", str(Path(args.out) / variant), *VARIANTS[variant], *(["--data", args.data] if args.data else []),
+            *(f"--scene={option}" for option in args.scene), *args.overrides]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
@@ -54,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     rows = {}
     for name in names:
-        cmd = [sys.executable, "-m", "groupvit", "demo", "--minutes", str(args.minutes), "--out", str(out / name),
-               *VARIANTS[name], *(["--data", args.data] if args.data else []), *args.overrides]  # fmt: skip
+        cmd = demo_command(name, args)
         print(f"== {name}: {' '.join(cmd[3:])}", flush=True)
         subprocess.run(cmd, check=True)
         rows[name] = json.loads((out / name / "results.json").read_text())

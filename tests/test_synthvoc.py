@@ -175,7 +175,8 @@ def test_scene_options_from_preset_and_overrides():
 
 
 def test_variant_models_and_ablation_flags():
-    from benchmarks.synthvoc_ablations import VARIANTS
+    from benchmarks.synthvoc_ablations import VARIANTS, demo_command
+    from benchmarks.synthvoc_ablations import build_parser as ablation_parser
     from groupvit.cli import build_parser
     from groupvit.config import GroupViTConfig
     from groupvit.demo import DemoOptions, preset_sections, variant_model
@@ -194,6 +195,8 @@ def test_variant_models_and_ablation_flags():
     with pytest.raises(ValueError, match="stages"):
         variant_model(model, DemoOptions(stages=3))
     parser = build_parser()
-    for flags in VARIANTS.values():  # every ablation's flags are ones `groupvit demo` takes
-        args = parser.parse_args(["demo", *flags])
-        assert args.run.__name__ == "_demo"
+    shared = ablation_parser().parse_args(["--minutes", "2", "--out", "abl", "--scene", "max_objects=2", "lr=5e-4"])
+    for variant in VARIANTS:  # every ablation's command line is one `groupvit demo` takes, with the shared options
+        args = parser.parse_args(demo_command(variant, shared)[3:])
+        assert args.run.__name__ == "_demo" and args.minutes == 2 and args.out == str(Path("abl") / variant)
+        assert args.scene == ["max_objects=2"] and args.overrides == ["lr=5e-4"]
