@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .checkpoint import CheckpointError, atomic_write
+from .config import GROUPING_INITS
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -269,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", type=int, choices=[1, 2], default=2, help="ablation: one grouping stage")
     p.add_argument("--noun-loss", choices=["pooled", "max_token"], default="pooled",
                    help="noun loss on the pooled embedding (paper) or each noun's best token (a variant)")  # fmt: skip
-    p.add_argument("--grouping-init", choices=["reference", "fan_in"], default="reference",
+    p.add_argument("--grouping-init", choices=GROUPING_INITS, default="reference",
                    help="grouping layers drawn as the paper (std 0.02) or fan-in scaled (variant)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-scenes", type=int, default=20_000, help="training scenes to generate")

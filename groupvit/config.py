@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+GROUPING_INITS = ("reference", "fan_in")  # VisionConfig.grouping_init
+
 
 @dataclass
 class VisionConfig:
@@ -46,8 +48,8 @@ class VisionConfig:
     grouping_init: str = "reference"
 
     def __post_init__(self) -> None:
-        if self.grouping_init not in ("reference", "fan_in"):
-            raise ValueError(f"vision.grouping_init must be 'reference' or 'fan_in', got {self.grouping_init!r}")
+        if self.grouping_init not in GROUPING_INITS:
+            raise ValueError(f"vision.grouping_init must be one of {GROUPING_INITS}, got {self.grouping_init!r}")
         self.depths = list(self.depths)
         self.num_group_tokens = list(self.num_group_tokens)
         self.num_output_groups = list(self.num_output_groups)

@@ -83,8 +83,7 @@ def variant_model(model: dict, options: DemoOptions) -> dict:
         raise ValueError(f"stages must be 1 or 2, got {options.stages}")
     if options.soft_assignment:
         vision.update(hard_assignment=False, gumbel=False)
-    if options.grouping_init != "reference":
-        vision["grouping_init"] = options.grouping_init
+    vision["grouping_init"] = options.grouping_init
     return model
 
 
