@@ -35,7 +35,14 @@ def clean_text(text: str) -> str:
 
 def encode(text: str) -> list[int]:
     """BPE ids of one text, without start/end tokens."""
-    return list(_bpe().encode(clean_text(text)))
+    return list(_encode_cached(text))
+
+
+# Noun prompts repeat (80 templates x a caption vocabulary), and cleaning plus BPE cost about as much as decoding
+# and augmenting the image, so a data-loader worker caches them.
+@lru_cache(maxsize=1 << 16)
+def _encode_cached(text: str) -> tuple[int, ...]:
+    return tuple(_bpe().encode(clean_text(text)))
 
 
 def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -> torch.Tensor:

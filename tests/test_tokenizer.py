@@ -93,3 +93,13 @@ def test_bad_input():
         groupvit.tokenize(["ok", None])
     with pytest.raises(ValueError, match="context_length"):
         groupvit.tokenize("x", context_length=1)
+
+
+def test_encode_cache_hands_out_fresh_lists():
+    """encode caches by text; a caller mutating its result must not change what the next caller gets."""
+    from groupvit.tokenizer import encode
+
+    first = encode("a photo of a dog.")
+    first.append(0)
+    assert encode("a photo of a dog.") == first[:-1]
+    assert groupvit.tokenize("a photo of a dog.")[0, 1 : len(first)].tolist() == first[:-1]
