@@ -3,6 +3,7 @@
     python -m benchmarks.synthvoc_ablations --minutes 10 --out ablations/          # all variants, in turn
     python -m benchmarks.synthvoc_ablations --variants paper,vit --minutes 20      # a subset
     python -m benchmarks.synthvoc_ablations --scene max_clutter=0 --scene max_objects=2   # on easier scenes
+    python -m benchmarks.synthvoc_ablations --flags "--grouping-init fan_in --noun-loss max_token"  # from a variant
 
 Writes OUT/<variant>/ (each demo's results.json, report.html, checkpoint) and OUT/table.md + OUT/table.json.
 On a GPU the same command runs each variant on it; on 2 CPU cores budget about (minutes + 2) per variant.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="synthvoc_ablations")
     parser.add_argument("--data", help="SynthVOC folder (default: groupvit demo's cache)")
     parser.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE", help="scene option, as demo's")
+    parser.add_argument("--flags", default="", help="`groupvit demo` flags for every variant, before its own, so the "
+                        "ablations can start from a variant instead of the paper's recipe")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="training config key=value for every variant")
     return parser
 
@@ -55,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def demo_command(variant: str, args: argparse.Namespace) -> list[str]:
     """The `groupvit demo` command line of one variant, with the options every variant shares."""
     return [sys.executable, "-m", "groupvit", "demo", "--minutes", str(args.minutes),
-            "--out", str(Path(args.out) / variant), *VARIANTS[variant], *(["--data", args.data] if args.data else []),
+            "--out", str(Path(args.out) / variant), *shlex.split(args.flags), *VARIANTS[variant],
+            *(["--data", args.data] if args.data else []),
             *(f"--scene={option}" for option in args.scene), *args.overrides]  # fmt: skip
 
 
@@ -68,14 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     out = Path(args.out)
     rows = {}
+    shared = "".join(f"{what}: `{' '.join(value)}`\n\n" for what, value in (
+        ("flags of every variant", shlex.split(args.flags)), ("scene", args.scene), ("overrides", args.overrides)
+    ) if value)  # fmt: skip
     for name in names:
         cmd = demo_command(name, args)
         print(f"== {name}: {' '.join(cmd[3:])}", flush=True)
         subprocess.run(cmd, check=True)
         rows[name] = json.loads((out / name / "results.json").read_text())
         (out / "table.json").write_text(json.dumps(rows, indent=2))
-        (out / "table.md").write_text(table(rows))
-    print(table(rows))
+        (out / "table.md").write_text(shared + table(rows))
+    print(shared + table(rows))
     return 0
 
 

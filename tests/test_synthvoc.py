@@ -200,3 +200,11 @@ def test_variant_models_and_ablation_flags():
         args = parser.parse_args(demo_command(variant, shared)[3:])
         assert args.run.__name__ == "_demo" and args.minutes == 2 and args.out == str(Path("abl") / variant)
         assert args.scene == ["max_objects=2"] and args.overrides == ["lr=5e-4"]
+    alone = ablation_parser().parse_args([])
+    defaults = ablation_parser().parse_args(["--flags", "--grouping-init reference --noun-loss pooled --stages 2"])
+    for variant in VARIANTS:  # the shared flags come first, so a variant's own flags win over them
+        with_flags = parser.parse_args(demo_command(variant, defaults)[3:])
+        assert vars(with_flags) == vars(parser.parse_args(demo_command(variant, alone)[3:]))
+    from_best = ablation_parser().parse_args(["--flags", "--grouping-init fan_in --noun-loss max_token"])
+    args = parser.parse_args(demo_command("soft_assignment", from_best)[3:])
+    assert args.soft_assignment and args.grouping_init == "fan_in" and args.noun_loss == "max_token"
