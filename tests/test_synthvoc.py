@@ -208,3 +208,14 @@ def test_variant_models_and_ablation_flags():
     from_best = ablation_parser().parse_args(["--flags", "--grouping-init fan_in --noun-loss max_token"])
     args = parser.parse_args(demo_command("soft_assignment", from_best)[3:])
     assert args.soft_assignment and args.grouping_init == "fan_in" and args.noun_loss == "max_token"
+
+
+def test_ablation_table_names_the_base_of_shared_flags():
+    from benchmarks.synthvoc_ablations import table
+
+    row = {"miou": 8.234, "miou_at_official_threshold": 7.8, "groups_in_use": 3.756, "oracle": {"miou": 32.94},
+           "images_seen": 115520, "minutes": 10.0}  # fmt: skip
+    plain = table({"paper": row, "vit": row}).splitlines()
+    assert plain[2] == "| paper | 8.2 | 7.8 | 3.76 | 32.9 | 115520 | 10.0 |" and plain[3].startswith("| vit | 8.2 |")
+    from_variant = table({"paper": row, "vit": row}, flags="--grouping-init fan_in").splitlines()
+    assert from_variant[2].startswith("| base (the shared flags) | 8.2 |") and from_variant[3].startswith("| vit |")
