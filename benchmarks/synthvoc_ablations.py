@@ -16,6 +16,7 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 # variant -> `groupvit demo` flags
@@ -32,7 +33,7 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def table(rows: dict[str, dict], flags: str = "") -> str:
+def table(rows: dict[str, dict], flags: Sequence[str] = ()) -> str:
     """Markdown table of the variants' results; with shared flags the flag-free variant is their base, not the paper."""
     lines = ["| variant | mIoU | mIoU at 0.95 | groups in use | oracle-named mIoU | images seen | minutes |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -52,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="synthvoc_ablations")
     parser.add_argument("--data", help="SynthVOC folder (default: groupvit demo's cache)")
     parser.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE", help="scene option, as demo's")
-    parser.add_argument("--flags", default="", help="`groupvit demo` flags for every variant, before its own, so the "
-                        "ablations can start from a variant instead of the paper's recipe")  # fmt: skip
+    parser.add_argument("--flags", type=shlex.split, default=[],
+                        help="`groupvit demo` flags for every variant, before its own, so the ablations can start "
+                        "from a variant instead of the paper's recipe")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="training config key=value for every variant")
     return parser
 
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def demo_command(variant: str, args: argparse.Namespace) -> list[str]:
     """The `groupvit demo` command line of one variant, with the options every variant shares."""
     return [sys.executable, "-m", "groupvit", "demo", "--minutes", str(args.minutes),
-            "--out", str(Path(args.out) / variant), *shlex.split(args.flags), *VARIANTS[variant],
+            "--out", str(Path(args.out) / variant), *args.flags, *VARIANTS[variant],
             *(["--data", args.data] if args.data else []),
             *(f"--scene={option}" for option in args.scene), *args.overrides]  # fmt: skip
 
@@ -71,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    if unknown or not names:
+        problem = f"unknown variants {unknown}" if unknown else "no variants given"
+        parser.error(f"{problem}; choose from {', '.join(VARIANTS)}")
     out = Path(args.out)
     rows = {}
     shared = "".join(f"{what}: `{' '.join(value)}`\n\n" for what, value in (
-        ("flags of every variant", shlex.split(args.flags)), ("scene", args.scene), ("overrides", args.overrides)
+        ("flags of every variant", args.flags), ("scene", args.scene), ("overrides", args.overrides)
     ) if value)  # fmt: skip
     for name in names:
         cmd = demo_command(name, args)
@@ -84,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(cmd, check=True)
         rows[name] = json.loads((out / name / "results.json").read_text())
         (out / "table.json").write_text(json.dumps(rows, indent=2))
-        (out / "table.md").write_text(shared + table(rows, args.flags))
-    print(shared + table(rows, args.flags))
+        report = shared + table(rows, args.flags)
+        (out / "table.md").write_text(report)
+    print(report)
     return 0
 
 

@@ -58,7 +58,7 @@ def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"tokenize expects strings, got {type(text).__name__} at position {i}")
-        ids = [SOT_TOKEN, *encode(text), EOT_TOKEN][:context_length]
+        ids = [SOT_TOKEN, *_encode_cached(text), EOT_TOKEN][:context_length]
         ids[-1] = EOT_TOKEN
         out[i, : len(ids)] = torch.tensor(ids)
     return out

@@ -217,5 +217,5 @@ def test_ablation_table_names_the_base_of_shared_flags():
            "images_seen": 115520, "minutes": 10.0}  # fmt: skip
     plain = table({"paper": row, "vit": row}).splitlines()
     assert plain[2] == "| paper | 8.2 | 7.8 | 3.76 | 32.9 | 115520 | 10.0 |" and plain[3].startswith("| vit | 8.2 |")
-    from_variant = table({"paper": row, "vit": row}, flags="--grouping-init fan_in").splitlines()
+    from_variant = table({"paper": row, "vit": row}, flags=["--grouping-init", "fan_in"]).splitlines()
     assert from_variant[2].startswith("| base (the shared flags) | 8.2 |") and from_variant[3].startswith("| vit |")
