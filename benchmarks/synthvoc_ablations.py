@@ -30,6 +30,7 @@ VARIANTS: dict[str, list[str]] = {
     "vit_max_token": ["--baseline", "vit", "--noun-loss", "max_token"],
     "fan_in_init": ["--grouping-init", "fan_in"],
     "fan_in_max_token": ["--grouping-init", "fan_in", "--noun-loss", "max_token"],
+    "drop_boilerplate_nouns": ["--drop-boilerplate-nouns"],
 }
 
 

@@ -232,7 +232,8 @@ def _demo(args: argparse.Namespace) -> int:
     options = DemoOptions(
         out=Path(args.out), minutes=args.minutes, data=Path(args.data) if args.data else None, baseline=args.baseline,
         soft_assignment=args.soft_assignment, multi_label=not args.no_multi_label, stages=args.stages,
-        noun_loss=args.noun_loss, grouping_init=args.grouping_init, seed=args.seed, train_scenes=args.train_scenes,
+        noun_loss=args.noun_loss, grouping_init=args.grouping_init, drop_boilerplate_nouns=args.drop_boilerplate_nouns,
+        seed=args.seed, train_scenes=args.train_scenes,
         val_scenes=args.val_scenes, workers=args.workers,
         overrides=tuple(args.overrides), scene=tuple(args.scene),
     )  # fmt: skip
@@ -272,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noun loss on the pooled embedding (paper) or each noun's best token (a variant)")  # fmt: skip
     p.add_argument("--grouping-init", choices=GROUPING_INITS, default="reference",
                    help="grouping layers drawn as the paper (std 0.02) or fan-in scaled (variant)")  # fmt: skip
+    p.add_argument("--drop-boilerplate-nouns", action="store_true",
+                   help="no noun prompts from caption filler: 'photo', 'background', 'is'... (variant)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-scenes", type=int, default=20_000, help="training scenes to generate")
     p.add_argument("--val-scenes", type=int, default=500, help="validation scenes to generate and score")

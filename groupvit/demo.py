@@ -36,6 +36,7 @@ class DemoOptions:
     stages: int = 2
     noun_loss: str = "pooled"
     grouping_init: str = "reference"  # or "fan_in" (a variant: see VisionConfig.grouping_init)
+    drop_boilerplate_nouns: bool = False  # a variant: no prompts from nouns.BOILERPLATE_WORDS
     seed: int = 0
     train_scenes: int = 20_000
     val_scenes: int = 500
@@ -107,6 +108,7 @@ def run_demo(options: DemoOptions) -> dict:
     """Data, training for `options.minutes`, calibrated zero-shot evaluation, report. Returns results.json's dict."""
 
     from .checkpoint import load_model
+    from .data.nouns import BOILERPLATE_WORDS
     from .data.synthvoc import voc_root
     from .evaluation.datasets import load_dataset
     from .evaluation.run import calibrate_background, evaluate_segmentation
@@ -124,6 +126,7 @@ def run_demo(options: DemoOptions) -> dict:
     cfg = TrainConfig.from_dict(
         {**train_section, "model": str(out / "model.yaml"), "data": shards, "minutes": options.minutes,
          "seed": options.seed, "eval_root": str(voc), "noun_loss": options.noun_loss,
+         "noun_stopwords": list(BOILERPLATE_WORDS) if options.drop_boilerplate_nouns else [],
          "multi_label": train_section["multi_label"] if options.multi_label else 0},
         list(options.overrides),
     )  # fmt: skip
@@ -150,7 +153,7 @@ def run_demo(options: DemoOptions) -> dict:
         steps=summary["steps"],
         variant={"baseline": options.baseline, "soft_assignment": options.soft_assignment,
                  "multi_label": options.multi_label, "stages": options.stages, "noun_loss": options.noun_loss,
-                 "grouping_init": options.grouping_init},
+                 "grouping_init": options.grouping_init, "drop_boilerplate_nouns": options.drop_boilerplate_nouns},
         scene=dataclasses.asdict(scene),
         groups_in_use_by_objects={str(k): float(np.mean(v)) for k, v in sorted(by_objects.items())},
         calibration={str(t): m for t, m in curve.items()},

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from groupvit.data import nouns as nouns_mod
@@ -334,3 +335,28 @@ def test_decode_nouns_validates():
     assert decode_nouns(b'["a", "b"]') == ["a", "b"]
     with pytest.raises(ValueError):
         decode_nouns(b'{"a": 1}')
+
+
+def test_caption_texts_drop_stopwords_before_drawing_prompts():
+    from groupvit.data.nouns import BOILERPLATE_WORDS
+    from groupvit.tokenizer import tokenize
+    from groupvit.training.data import CaptionTexts
+
+    caption = "A photo of a Dog on a checkered background"
+    words = ["photo", "Dog", "checkered", "background"]
+    prompt_ids = {w: {tuple(tokenize(t.format(w))[0].tolist()) for t in FULL} for w in words}
+
+    def word_of(row: torch.Tensor) -> str | None:
+        return next((w for w, ids in prompt_ids.items() if tuple(row.tolist()) in ids), None)
+
+    for seed in range(10):
+        ids = CaptionTexts(3, stopwords=["PHOTO", "background"])(caption, random.Random(seed), words)  # [4, 77]
+        assert ids.shape == (4, 77) and torch.equal(ids[0], tokenize(caption)[0])
+        # 'Dog' and 'checkered' are kept (matched lower-case), and the third prompt is the caption itself
+        assert {word_of(ids[1]), word_of(ids[2])} == {"Dog", "checkered"} and torch.equal(ids[3], ids[0])
+    plain = CaptionTexts(3)(caption, random.Random(0), words)  # the reference keeps every word
+    assert len({word_of(row) for row in plain[1:]} - {None}) == 3
+    assert {"photo", "image", "background", "is"} <= set(BOILERPLATE_WORDS)
+    assert not {"dog", "cat", "person", "tree", "car"} & set(BOILERPLATE_WORDS)
+    filler = CaptionTexts(2, stopwords=BOILERPLATE_WORDS)("look at the picture", random.Random(0), ["look", "picture"])
+    assert torch.equal(filler[1], filler[0]) and torch.equal(filler[2], filler[0])

@@ -168,6 +168,9 @@ def test_scene_options_from_preset_and_overrides():
     with pytest.raises(ValueError, match=r"unknown keys in training config: \['lr_typo'\]"):
         TrainConfig.from_dict({}, ["lr_typo=1"])
     assert TrainConfig.from_dict({}, ["lr=2e-3", "betas=[0.9, 0.98]"]).betas == (0.9, 0.98)
+    assert TrainConfig.from_dict({}, ["noun_stopwords=[photo, image]"]).noun_stopwords == ["photo", "image"]
+    with pytest.raises(ValueError, match=r"noun_stopwords must be a list of words, e\.g\. \[photo, image\]"):
+        TrainConfig.from_dict({}, ["noun_stopwords=photo"])
     # Other scene settings are cached beside the default data, never over it.
     assert default_data_dir(0, SceneOptions()).name == "synthvoc-0"
     assert default_data_dir(0, options).name.startswith("synthvoc-0-")

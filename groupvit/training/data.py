@@ -16,7 +16,7 @@ import io
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import braceexpand
@@ -28,10 +28,15 @@ from ..tokenizer import tokenize
 
 
 class CaptionTexts:
-    """caption -> token ids [1 + K, 77]: the caption, then K prompts built from its nouns (spec 3.3)."""
+    """caption -> token ids [1 + K, 77]: the caption, then K prompts built from its nouns (spec 3.3).
 
-    def __init__(self, multi_label: int, tagger: str = "spacy") -> None:
+    stopwords: words never made into prompts, compared lower-case (e.g. `nouns.BOILERPLATE_WORDS`; the
+    reference has none). A caption left with fewer than K words is padded with itself, as the reference does.
+    """
+
+    def __init__(self, multi_label: int, tagger: str = "spacy", stopwords: Iterable[str] = ()) -> None:
         self.k, self.tagger, self._extractor = multi_label, tagger, None
+        self.stopwords = frozenset(w.lower() for w in stopwords)
 
     def __call__(self, caption: str, rng: random.Random, nouns: list[str] | None = None) -> torch.Tensor:
         if self.k == 0:
@@ -42,6 +47,8 @@ class CaptionTexts:
             if self._extractor is None:  # loaded lazily, once per data-loader worker
                 self._extractor = NounExtractor(self.tagger)
             nouns = self._extractor.nouns(caption)
+        if self.stopwords:
+            nouns = [w for w in nouns if w.lower() not in self.stopwords]
         return tokenize([caption, *prompts_for_caption(caption, nouns, self.k, rng)])
 
 

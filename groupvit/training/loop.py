@@ -113,7 +113,7 @@ def build_loader(cfg: TrainConfig, rank: int, world: int, start_step: int):
     from ..data.augment import train_transform
 
     transform = train_transform(cfg.image_size, preset=cfg.augment)
-    texts = CaptionTexts(cfg.multi_label, cfg.tagger)
+    texts = CaptionTexts(cfg.multi_label, cfg.tagger, cfg.noun_stopwords)
     if cfg.data.lower().endswith((".csv", ".tsv")):
         table = CaptionTable(cfg.data, transform, texts, seed=cfg.seed)
         batches = list(step_batches(start_step, cfg.steps, cfg.batch_size, cfg.accum_steps, rank, world))
