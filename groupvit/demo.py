@@ -41,6 +41,7 @@ class DemoOptions:
     train_scenes: int = 20_000
     val_scenes: int = 500
     workers: int = 2
+    config: Path | None = None  # YAML with model/train/scene sections over the packaged preset's
     overrides: tuple[str, ...] = ()  # key=value for the training config
     scene: tuple[str, ...] = ()  # key=value for SceneOptions, over the preset's `scene` section
 
@@ -55,12 +56,36 @@ def default_data_dir(seed: int, scene: SceneOptions) -> Path:
     return cache / f"synthvoc-{seed}-{digest}"
 
 
-def preset_sections() -> tuple[dict, dict, dict]:
-    """The preset's model, train and scene sections."""
+SECTIONS = ("model", "train", "scene")
+
+
+def merge_sections(base: dict, update: dict) -> dict:
+    """`base` with `update`'s values, nested dicts merged key by key (so a file may give only what it changes)."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = (
+            merge_sections(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def preset_sections(config: Path | None = None) -> tuple[dict, dict, dict]:
+    """The preset's model, train and scene sections, with those of `config` (a YAML file) over them."""
     from importlib import resources
 
     data = yaml.safe_load((resources.files("groupvit") / "configs" / f"{PRESET}.yaml").read_text())
-    return data["model"], data["train"], data.get("scene", {})
+    if config is not None:
+        mine = yaml.safe_load(Path(config).read_text()) or {}
+        unknown = sorted(set(mine) - set(SECTIONS)) if isinstance(mine, dict) else ["(not a mapping)"]
+        if unknown:
+            raise ValueError(f"{config}: unknown sections {unknown}; a demo config has {', '.join(SECTIONS)}")
+        data = merge_sections(data, mine)
+    model, train = data["model"], data["train"]
+    sizes = {"model.vision.image_size": model["vision"]["image_size"], "train.image_size": train["image_size"],
+             "train.eval_short_side": train["eval_short_side"]}  # fmt: skip
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"{config or PRESET}: image sizes disagree ({sizes}); the demo trains and scores at one size")
+    return model, train, data.get("scene", {})
 
 
 def scene_options(section: dict, overrides: Sequence[str] = ()) -> SceneOptions:
@@ -117,7 +142,7 @@ def run_demo(options: DemoOptions) -> dict:
 
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    model_section, train_section, scene_section = preset_sections()
+    model_section, train_section, scene_section = preset_sections(options.config)
     scene = scene_options(scene_section, options.scene)
     root, shards = prepare_data(options, scene)
     model_section = variant_model(model_section, options)
@@ -153,7 +178,8 @@ def run_demo(options: DemoOptions) -> dict:
         steps=summary["steps"],
         variant={"baseline": options.baseline, "soft_assignment": options.soft_assignment,
                  "multi_label": options.multi_label, "stages": options.stages, "noun_loss": options.noun_loss,
-                 "grouping_init": options.grouping_init, "drop_boilerplate_nouns": options.drop_boilerplate_nouns},
+                 "grouping_init": options.grouping_init, "drop_boilerplate_nouns": options.drop_boilerplate_nouns,
+                 "config": str(options.config) if options.config else None},
         scene=dataclasses.asdict(scene),
         groups_in_use_by_objects={str(k): float(np.mean(v)) for k, v in sorted(by_objects.items())},
         calibration={str(t): m for t, m in curve.items()},

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from groupvit.data import synthvoc
+from groupvit.data.nouns import BOILERPLATE_WORDS
 from groupvit.data.synthvoc import CLASS_NAMES, VOC_OBJECTS, SceneOptions, SynthVOCSpec, generate, make_scene, voc_root
 from groupvit.evaluation.datasets import VOC_CLASSES, load_dataset
 
@@ -130,10 +132,12 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
 @pytest.mark.slow
 def test_demo_one_minute_end_to_end(tmp_path):
     out = tmp_path / "demo"
+    config = tmp_path / "deeper_text.yaml"
+    config.write_text("model: {text: {layers: 2}}\n")
     run = subprocess.run(
         [sys.executable, "-m", "groupvit", "demo", "--minutes", "1", "--out", str(out), "--data", str(tmp_path / "d"),
          "--train-scenes", "1000", "--val-scenes", "40", "--scene", "max_clutter=0",
-         "--scene", "object_scale=[0.4,0.7]"],
+         "--scene", "object_scale=[0.4,0.7]", "--config", str(config), "--drop-boilerplate-nouns"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -143,6 +147,10 @@ def test_demo_one_minute_end_to_end(tmp_path):
     assert manifest["spec"]["scene"]["max_clutter"] == result["scene"]["max_clutter"] == 0
     assert manifest["spec"]["scene"]["object_scale"] == result["scene"]["object_scale"] == [0.4, 0.7]
     assert 0.0 <= result["miou"] <= 100.0 and result["images"] == 40
+    # --config and --drop-boilerplate-nouns reach the model and the training loop
+    assert yaml.safe_load((out / "model.yaml").read_text())["model"]["text"]["layers"] == 2
+    assert json.loads((out / "train_config.json").read_text())["noun_stopwords"] == list(BOILERPLATE_WORDS)
+    assert result["variant"]["drop_boilerplate_nouns"] and result["variant"]["config"] == str(config)
     assert set(result["per_class"]) == {"background", *VOC_CLASSES}
     assert 0.9 <= result["minutes"] <= 1.5 and result["images_seen"] > 0
     assert result["curve"] and result["curve"][-1]["step"] == result["steps"]
@@ -175,6 +183,30 @@ def test_scene_options_from_preset_and_overrides():
     assert default_data_dir(0, SceneOptions()).name == "synthvoc-0"
     assert default_data_dir(0, options).name.startswith("synthvoc-0-")
     assert default_data_dir(0, options) != default_data_dir(0, SceneOptions(max_clutter=0))
+
+
+def test_demo_config_file_overrides_the_preset_key_by_key(tmp_path):
+    from groupvit.cli import build_parser
+    from groupvit.demo import preset_sections
+
+    base_model, base_train, base_scene = preset_sections()
+    wide = tmp_path / "wide.yaml"
+    wide.write_text("model:\n  vision: {width: 128, num_heads: 4}\ntrain: {batch_size: 256}\nscene: {max_objects: 2}\n")
+    model, train, scene = preset_sections(wide)
+    assert (
+        model["vision"] == {**base_model["vision"], "width": 128, "num_heads": 4}
+        and model["text"] == base_model["text"]
+    )
+    assert train == {**base_train, "batch_size": 256} and scene == {**base_scene, "max_objects": 2}
+    assert build_parser().parse_args(["demo", "--config", str(wide)]).config == str(wide)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("modle: {}\n")
+    with pytest.raises(ValueError, match=r"unknown sections \['modle'\]; a demo config has model, train, scene"):
+        preset_sections(typo)
+    sizes = tmp_path / "sizes.yaml"
+    sizes.write_text("model: {vision: {image_size: 96}}\n")
+    with pytest.raises(ValueError, match="image sizes disagree"):
+        preset_sections(sizes)
 
 
 def test_variant_models_and_ablation_flags():
