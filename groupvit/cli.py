@@ -233,8 +233,8 @@ def _demo(args: argparse.Namespace) -> int:
         out=Path(args.out), minutes=args.minutes, data=Path(args.data) if args.data else None, baseline=args.baseline,
         soft_assignment=args.soft_assignment, multi_label=not args.no_multi_label, stages=args.stages,
         noun_loss=args.noun_loss, grouping_init=args.grouping_init, drop_boilerplate_nouns=args.drop_boilerplate_nouns,
-        seed=args.seed, train_scenes=args.train_scenes,
-        val_scenes=args.val_scenes, workers=args.workers, config=Path(args.config) if args.config else None,
+        seed=args.seed, train_scenes=args.train_scenes, val_scenes=args.val_scenes, workers=args.workers,
+        config=Path(args.config) if args.config else None,
         overrides=tuple(args.overrides), scene=tuple(args.scene),
     )  # fmt: skip
     result = run_demo(options)

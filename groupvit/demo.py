@@ -76,7 +76,9 @@ def preset_sections(config: Path | None = None) -> tuple[dict, dict, dict]:
     data = yaml.safe_load((resources.files("groupvit") / "configs" / f"{PRESET}.yaml").read_text())
     if config is not None:
         mine = yaml.safe_load(Path(config).read_text()) or {}
-        unknown = sorted(set(mine) - set(SECTIONS)) if isinstance(mine, dict) else ["(not a mapping)"]
+        if not isinstance(mine, dict) or not all(isinstance(v, dict) for v in mine.values()):
+            raise ValueError(f"{config}: expected sections of key: value settings, e.g. 'train: {{batch_size: 256}}'")
+        unknown = sorted(set(mine) - set(SECTIONS))
         if unknown:
             raise ValueError(f"{config}: unknown sections {unknown}; a demo config has {', '.join(SECTIONS)}")
         data = merge_sections(data, mine)

@@ -203,6 +203,10 @@ def test_demo_config_file_overrides_the_preset_key_by_key(tmp_path):
     typo.write_text("modle: {}\n")
     with pytest.raises(ValueError, match=r"unknown sections \['modle'\]; a demo config has model, train, scene"):
         preset_sections(typo)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("train: 5\n")
+    with pytest.raises(ValueError, match="expected sections of key: value settings"):
+        preset_sections(flat)
     sizes = tmp_path / "sizes.yaml"
     sizes.write_text("model: {vision: {image_size: 96}}\n")
     with pytest.raises(ValueError, match="image sizes disagree"):
