@@ -356,7 +356,5 @@ def test_caption_texts_drop_stopwords_before_drawing_prompts():
         assert {word_of(ids[1]), word_of(ids[2])} == {"Dog", "checkered"} and torch.equal(ids[3], ids[0])
     plain = CaptionTexts(3)(caption, random.Random(0), words)  # the reference keeps every word
     assert len({word_of(row) for row in plain[1:]} - {None}) == 3
-    assert {"photo", "image", "background", "is"} <= set(BOILERPLATE_WORDS)
-    assert not {"dog", "cat", "person", "tree", "car"} & set(BOILERPLATE_WORDS)
     filler = CaptionTexts(2, stopwords=BOILERPLATE_WORDS)("look at the picture", random.Random(0), ["look", "picture"])
     assert torch.equal(filler[1], filler[0]) and torch.equal(filler[2], filler[0])

@@ -95,6 +95,15 @@ def test_captions_name_only_objects_present_or_clutter():
     assert 0 < mentioned_some < 200  # objects are sometimes left unmentioned, not usually
 
 
+def test_boilerplate_words_never_drop_an_object_or_clutter_word():
+    # --drop-boilerplate-nouns must only remove filler: no word of any class synonym or clutter name is on the list
+    object_words = {w for _, _, pairs in VOC_OBJECTS for pair in pairs for phrase in pair for w in phrase.split()}
+    clutter_words = {w for _, name in synthvoc.CLUTTER for w in name.split()}
+    assert not (object_words | clutter_words) & set(BOILERPLATE_WORDS)
+    filler = {w for w in re.findall(r"[a-z]+", " ".join(synthvoc.TEMPLATES).lower())} & set(BOILERPLATE_WORDS)
+    assert {"photo", "illustration", "background", "cartoon", "clipart", "stock", "image", "is", "look"} <= filler
+
+
 def test_voc_layout_round_trips_and_shards_hold_captions(tmp_path):
     assert generate(tmp_path / "a", SMALL, workers=2, progress=False)
     assert not generate(tmp_path / "a", SMALL, workers=2, progress=False)  # cached
