@@ -234,7 +234,7 @@ def _demo(args: argparse.Namespace) -> int:
         soft_assignment=args.soft_assignment, multi_label=not args.no_multi_label, stages=args.stages,
         noun_loss=args.noun_loss, grouping_init=args.grouping_init, drop_boilerplate_nouns=args.drop_boilerplate_nouns,
         seed=args.seed, train_scenes=args.train_scenes, val_scenes=args.val_scenes, workers=args.workers,
-        config=Path(args.config) if args.config else None,
+        config=args.config,
         overrides=tuple(args.overrides), scene=tuple(args.scene),
     )  # fmt: skip
     result = run_demo(options)
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="SynthVOC folder, generated once and reused (default: ~/.cache/groupvit/synthvoc-SEED)"
     )
     p.add_argument("--config", help="YAML with model/train/scene sections over the packaged synthvoc preset's, key by "
-                   "key (e.g. a wider model for a GPU)")  # fmt: skip
+                   "key, or a packaged one by name: synthvoc_gpu (a wider model for a GPU)")  # fmt: skip
     p.add_argument("--baseline", choices=["vit"], help="train a plain ViT with the same losses instead (no grouping)")
     p.add_argument("--soft-assignment", action="store_true", help="ablation: soft instead of hard Gumbel assignment")
     p.add_argument("--no-multi-label", action="store_true", help="ablation: image-text loss only")

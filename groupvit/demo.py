@@ -12,6 +12,7 @@ import hashlib
 import html
 import json
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +42,7 @@ class DemoOptions:
     train_scenes: int = 20_000
     val_scenes: int = 500
     workers: int = 2
-    config: Path | None = None  # YAML with model/train/scene sections over the packaged preset's
+    config: str | Path | None = None  # YAML file or packaged name (synthvoc_gpu): sections over the preset's
     overrides: tuple[str, ...] = ()  # key=value for the training config
     scene: tuple[str, ...] = ()  # key=value for SceneOptions, over the preset's `scene` section
 
@@ -69,13 +70,34 @@ def merge_sections(base: dict, update: dict) -> dict:
     return out
 
 
-def preset_sections(config: Path | None = None) -> tuple[dict, dict, dict]:
-    """The preset's model, train and scene sections, with those of `config` (a YAML file) over them."""
+def packaged_demo_configs() -> list[str]:
+    """Names of the demo configs shipped in groupvit/configs (synthvoc_*.yaml), usable as `--config NAME`."""
+    from importlib import resources
+
+    files = resources.files("groupvit") / "configs"
+    return sorted(f.name[: -len(".yaml")] for f in files.iterdir() if re.fullmatch(f"{PRESET}_.+[.]yaml", f.name))
+
+
+def read_demo_config(config: str | Path) -> str:
+    """The text of a demo config: a YAML file, or the name of a packaged one (`synthvoc_gpu`)."""
+    from importlib import resources
+
+    if Path(config).is_file():
+        return Path(config).read_text()
+    if str(config) in packaged_demo_configs():
+        return (resources.files("groupvit") / "configs" / f"{config}.yaml").read_text()
+    raise FileNotFoundError(f"--config {config}: no such file, and not a packaged demo config "
+                            f"({', '.join(packaged_demo_configs())})")  # fmt: skip
+
+
+def preset_sections(config: str | Path | None = None) -> tuple[dict, dict, dict]:
+    """The preset's model, train and scene sections, with those of `config` (a YAML file or the name of a
+    packaged demo config) over them."""
     from importlib import resources
 
     data = yaml.safe_load((resources.files("groupvit") / "configs" / f"{PRESET}.yaml").read_text())
     if config is not None:
-        mine = yaml.safe_load(Path(config).read_text()) or {}
+        mine = yaml.safe_load(read_demo_config(config)) or {}
         if not isinstance(mine, dict) or not all(isinstance(v, dict) for v in mine.values()):
             raise ValueError(f"{config}: expected sections of key: value settings, e.g. 'train: {{batch_size: 256}}'")
         unknown = sorted(set(mine) - set(SECTIONS))

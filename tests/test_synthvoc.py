@@ -222,6 +222,29 @@ def test_demo_config_file_overrides_the_preset_key_by_key(tmp_path):
         preset_sections(sizes)
 
 
+def test_packaged_gpu_config_builds_the_scaled_up_model_and_names_are_checked():
+    import torch
+
+    from groupvit.config import GroupViTConfig
+    from groupvit.demo import DemoOptions, packaged_demo_configs, preset_sections, variant_model
+    from groupvit.model import GroupViT
+    from groupvit.training.config import TrainConfig
+
+    assert "synthvoc_gpu" in packaged_demo_configs() and "synthvoc" not in packaged_demo_configs()
+    base_model, base_train, _ = preset_sections()
+    model, train, _ = preset_sections("synthvoc_gpu")
+    assert model["vision"]["width"] > base_model["vision"]["width"] and train["batch_size"] > base_train["batch_size"]
+    assert model["vision"]["patch_size"] == base_model["vision"]["patch_size"]  # kept from the CPU preset
+    TrainConfig.from_dict({**train, "data": "x/{0..1}.tar"})  # every key is a training setting
+    options = DemoOptions(stages=1, grouping_init="fan_in", config="synthvoc_gpu")
+    config = GroupViTConfig.from_dict(variant_model(model, options))
+    assert config.vision.depths == [6, 6] and config.vision.num_output_groups == [16]
+    out = GroupViT(config).eval().encode_image_groups(torch.randn(2, 3, 96, 96))
+    assert out.group_embeds.shape == (2, 16, config.projection_dim)
+    with pytest.raises(FileNotFoundError, match="not a packaged demo config .synthvoc_gpu."):
+        preset_sections("synthvoc_gpu.yml")
+
+
 def test_variant_models_and_ablation_flags():
     from benchmarks.synthvoc_ablations import VARIANTS, demo_command
     from benchmarks.synthvoc_ablations import build_parser as ablation_parser
