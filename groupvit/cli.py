@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -280,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-scenes", type=int, default=20_000, help="training scenes to generate")
     p.add_argument("--val-scenes", type=int, default=500, help="validation scenes to generate and score")
-    p.add_argument("--workers", type=int, default=2, help="processes for data generation and noun tagging")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes for data generation and noun tagging (default: one per core)")  # fmt: skip
     p.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
                    help="scene generator option over the preset's, repeatable: max_clutter=0, max_objects=2, "
                         "object_scale=[0.45,0.75] (data cached per setting)")  # fmt: skip

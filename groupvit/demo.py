@@ -41,7 +41,7 @@ class DemoOptions:
     seed: int = 0
     train_scenes: int = 20_000
     val_scenes: int = 500
-    workers: int = 2
+    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)  # generation, noun tagging
     config: str | Path | None = None  # YAML file or packaged name (synthvoc_gpu): sections over the preset's
     overrides: tuple[str, ...] = ()  # key=value for the training config
     scene: tuple[str, ...] = ()  # key=value for SceneOptions, over the preset's `scene` section
