@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -234,8 +233,8 @@ def _demo(args: argparse.Namespace) -> int:
         out=Path(args.out), minutes=args.minutes, data=Path(args.data) if args.data else None, baseline=args.baseline,
         soft_assignment=args.soft_assignment, multi_label=not args.no_multi_label, stages=args.stages,
         noun_loss=args.noun_loss, grouping_init=args.grouping_init, drop_boilerplate_nouns=args.drop_boilerplate_nouns,
-        seed=args.seed, train_scenes=args.train_scenes, val_scenes=args.val_scenes, workers=args.workers,
-        config=args.config,
+        seed=args.seed, train_scenes=args.train_scenes, val_scenes=args.val_scenes, config=args.config,
+        **({"workers": args.workers} if args.workers is not None else {}),
         overrides=tuple(args.overrides), scene=tuple(args.scene),
     )  # fmt: skip
     result = run_demo(options)
@@ -281,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-scenes", type=int, default=20_000, help="training scenes to generate")
     p.add_argument("--val-scenes", type=int, default=500, help="validation scenes to generate and score")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=int,
                    help="processes for data generation and noun tagging (default: one per core)")  # fmt: skip
     p.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
                    help="scene generator option over the preset's, repeatable: max_clutter=0, max_objects=2, "

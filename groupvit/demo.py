@@ -26,6 +26,11 @@ from .data.synthvoc import SceneOptions
 PRESET = "synthvoc"  # groupvit/configs/synthvoc.yaml: model and train sections
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS reports it, as under taskset or Slurm)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @dataclasses.dataclass
 class DemoOptions:
     out: Path = Path("synthvoc_demo")
@@ -41,7 +46,7 @@ class DemoOptions:
     seed: int = 0
     train_scenes: int = 20_000
     val_scenes: int = 500
-    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)  # generation, noun tagging
+    workers: int = dataclasses.field(default_factory=usable_cores)  # generation, noun tagging
     config: str | Path | None = None  # YAML file or packaged name (synthvoc_gpu): sections over the preset's
     overrides: tuple[str, ...] = ()  # key=value for the training config
     scene: tuple[str, ...] = ()  # key=value for SceneOptions, over the preset's `scene` section
