@@ -12,7 +12,6 @@ import hashlib
 import html
 import json
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,22 +74,24 @@ def merge_sections(base: dict, update: dict) -> dict:
     return out
 
 
-def packaged_demo_configs() -> list[str]:
-    """Names of the demo configs shipped in groupvit/configs (synthvoc_*.yaml), usable as `--config NAME`."""
+def _demo_configs_dir():
     from importlib import resources
 
-    files = resources.files("groupvit") / "configs"
-    return sorted(f.name[: -len(".yaml")] for f in files.iterdir() if re.fullmatch(f"{PRESET}_.+[.]yaml", f.name))
+    return resources.files("groupvit") / "configs" / "demo"
+
+
+def packaged_demo_configs() -> list[str]:
+    """Names of the demo configs shipped in groupvit/configs/demo/, usable as `--config NAME`. They sit apart from
+    the model presets (groupvit/configs/*.yaml) because they only change parts of the synthvoc preset."""
+    return sorted(p.name.removesuffix(".yaml") for p in _demo_configs_dir().iterdir() if p.name.endswith(".yaml"))
 
 
 def read_demo_config(config: str | Path) -> str:
     """The text of a demo config: a YAML file, or the name of a packaged one (`synthvoc_gpu`)."""
-    from importlib import resources
-
     if Path(config).is_file():
         return Path(config).read_text()
     if str(config) in packaged_demo_configs():
-        return (resources.files("groupvit") / "configs" / f"{config}.yaml").read_text()
+        return (_demo_configs_dir() / f"{config}.yaml").read_text()
     raise FileNotFoundError(f"--config {config}: no such file, and not a packaged demo config "
                             f"({', '.join(packaged_demo_configs())})")  # fmt: skip
 

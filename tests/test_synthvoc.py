@@ -225,12 +225,13 @@ def test_demo_config_file_overrides_the_preset_key_by_key(tmp_path):
 def test_packaged_gpu_config_builds_the_scaled_up_model_and_names_are_checked():
     import torch
 
-    from groupvit.config import GroupViTConfig
+    from groupvit.config import GroupViTConfig, list_presets
     from groupvit.demo import DemoOptions, packaged_demo_configs, preset_sections, variant_model
     from groupvit.model import GroupViT
     from groupvit.training.config import TrainConfig
 
     assert "synthvoc_gpu" in packaged_demo_configs() and "synthvoc" not in packaged_demo_configs()
+    assert "synthvoc_gpu" not in list_presets()  # a partial config, not a model preset for `--model` or the app
     base_model, base_train, _ = preset_sections()
     model, train, _ = preset_sections("synthvoc_gpu")
     assert model["vision"]["width"] > base_model["vision"]["width"] and train["batch_size"] > base_train["batch_size"]
