@@ -166,7 +166,13 @@ def _prepare_nouns(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation.datasets import load_dataset
-    from .evaluation.run import DATASET_DEFAULT, calibrate_background, evaluate_segmentation, format_table
+    from .evaluation.run import (
+        DATASET_DEFAULT,
+        calibrate_background,
+        evaluate_recognition,
+        evaluate_segmentation,
+        format_table,
+    )
     from .training.loop import setup_distributed
 
     rank, _, _ = setup_distributed()
@@ -194,6 +200,8 @@ def _eval(args: argparse.Namespace) -> int:
                                    oracle=args.oracle, **options)  # fmt: skip
     if calibration:
         result["calibration"] = calibration
+    if args.recognition:
+        result["recognition"] = evaluate_recognition(model, dataset, options["templates"], limit=args.limit)
     if rank == 0:
         print(format_table(result))
         _write_json(args.out, result)
@@ -239,8 +247,9 @@ def _demo(args: argparse.Namespace) -> int:
     )  # fmt: skip
     result = run_demo(options)
     print(f"SynthVOC val mIoU {result['miou']:.2f} (background threshold {result['background_threshold']}), "
-          f"final groups in use {result['groups_in_use']:.2f}, after {result['minutes']:.1f} min / "
-          f"{result['images_seen']} images; report: {Path(args.out) / 'report.html'}")  # fmt: skip
+          f"final groups in use {result['groups_in_use']:.2f}, recognition {result['recognition']['pooled']:.1f} %, "
+          f"after {result['minutes']:.1f} min / {result['images_seen']} images; "
+          f"report: {Path(args.out) / 'report.html'}")  # fmt: skip
     return 0
 
 
@@ -342,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--out", help="write the results as JSON (miou, pixel_accuracy, per_class in percent)")
     p.add_argument("--oracle", action="store_true", help="also score groups named by their majority GT class")
+    p.add_argument("--recognition", action="store_true",
+                   help="also score recognition: each image's classes among its top-ranked class prompts")  # fmt: skip
     p.add_argument("--refine", choices=["pamr"], help="PAMR refinement (a protocol variant)")
     p.add_argument("--background-threshold", type=float, help="override the dataset's threshold (a variant)")
     p.add_argument("--calibrate-background", type=int, metavar="N",

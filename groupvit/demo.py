@@ -166,7 +166,7 @@ def run_demo(options: DemoOptions) -> dict:
     from .data.nouns import BOILERPLATE_WORDS
     from .data.synthvoc import voc_root
     from .evaluation.datasets import load_dataset
-    from .evaluation.run import calibrate_background, evaluate_segmentation
+    from .evaluation.run import calibrate_background, evaluate_recognition, evaluate_segmentation
     from .training.config import TrainConfig
     from .training.loop import train
 
@@ -214,6 +214,8 @@ def run_demo(options: DemoOptions) -> dict:
         groups_in_use_by_objects={str(k): float(np.mean(v)) for k, v in sorted(by_objects.items())},
         calibration={str(t): m for t, m in curve.items()},
         miou_at_official_threshold=official["miou"],
+        # Are the classes recognised at all? Tells weak naming (low) from weak grouping (high, with a low mIoU).
+        recognition=evaluate_recognition(model, val, short_side=size),
         curve=summary["eval_history"],
     )  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2))
@@ -256,7 +258,9 @@ image-caption pairs); variant: {html.escape(json.dumps(result["variant"]))}.</p>
 background threshold {threshold} chosen on the calib split; at the official 0.95:
 {result["miou_at_official_threshold"]:.2f}). Final groups in use per image: {result["groups_in_use"]:.2f}
 (by number of objects: {html.escape(json.dumps(result["groups_in_use_by_objects"]))}).
-Oracle-named groups: mIoU {result["oracle"]["miou"]:.2f}.</p>
+Oracle-named groups: mIoU {result["oracle"]["miou"]:.2f}. Recognition (each scene's classes among its top-ranked
+classes, pooled embedding / best group): {result["recognition"]["pooled"]:.1f} % /
+{result["recognition"]["best_group"]:.1f} %.</p>
 {curve_svg(result["curve"])}
 <h2>Validation scenes</h2><img src="report_grid.png" alt="image, ground truth and prediction">
 <img src="report_groups.png" alt="final groups of every stage">

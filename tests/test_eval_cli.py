@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import groupvit
@@ -39,12 +40,12 @@ def test_eval_cli_equals_per_image_segmentation(voc_root, small_checkpoint, tmp_
     out = tmp_path / "voc.json"
     run = subprocess.run(
         [sys.executable, "-m", "groupvit", "eval", "--dataset", "voc", "--root", str(voc_root), "--checkpoint",
-         str(small_checkpoint), "--mode", "whole", "--oracle", "--out", str(out)],
+         str(small_checkpoint), "--mode", "whole", "--oracle", "--recognition", "--out", str(out)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
-    assert set(result) >= {"miou", "pixel_accuracy", "per_class", "groups_in_use", "oracle"}
+    assert set(result) >= {"miou", "pixel_accuracy", "per_class", "groups_in_use", "oracle", "recognition"}
     assert list(result["per_class"]) == ["background", *VOC_NAMES]
     assert result["protocol"] == "official" and result["background_threshold"] == 0.95
 
@@ -55,7 +56,22 @@ def test_eval_cli_equals_per_image_segmentation(voc_root, small_checkpoint, tmp_
         predictions.append(seg(voc_root / "JPEGImages" / f"{image_id}.jpg").labels)
         targets.append(np.array(Image.open(voc_root / "SegmentationClass" / f"{image_id}.png")))
     assert result["miou"] == pytest.approx(hand_miou(predictions, targets, 21), abs=1e-9)
-    assert "mIoU" in run.stdout
+    assert "mIoU" in run.stdout and "recognition" in run.stdout
+
+    # Recognition: each image's classes (labels 1..20 present) among as many top classes by pooled embedding.
+    text = groupvit.segmentation.class_text_embeddings(model, VOC_NAMES)
+    recalls, ids = [], (voc_root / "ImageSets/Segmentation/val.txt").read_text().split()
+    for image_id, target in zip(ids, targets, strict=True):
+        present = {int(v) - 1 for v in np.unique(target) if 0 < v < 255}
+        if present:
+            rgb = np.array(Image.open(voc_root / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
+            pixels = groupvit.image.to_tensor(rgb, groupvit.image.rescale_size(*rgb.shape[:2], 448))
+            pixels = pixels[:, :, : pixels.shape[2] // 8 * 8, : pixels.shape[3] // 8 * 8]  # whole 8 px patches
+            with torch.no_grad():
+                scores = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)[0] @ text.T
+            recalls.append(len(set(scores.topk(len(present)).indices.tolist()) & present) / len(present))
+    assert result["recognition"]["images"] == len(recalls) > 0
+    assert result["recognition"]["pooled"] == pytest.approx(100 * np.mean(recalls), abs=1e-9)
 
 
 def test_eval_cli_wrong_root(small_checkpoint, tmp_path):

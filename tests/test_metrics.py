@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from groupvit.evaluation.metrics import ConfusionMatrix, oracle_labels
+from groupvit.evaluation.metrics import ConfusionMatrix, classes_present, oracle_labels, recognition_recall
 
 
 def iou_by_masks(predictions, targets, num_classes):
@@ -67,3 +67,21 @@ def test_oracle_gives_each_group_its_majority_class():
     groups = np.array([[0, 0, 1, 1], [0, 0, 1, 2]])
     target = np.array([[3, 3, 5, 255], [3, 4, 5, 255]])
     assert oracle_labels(groups, target).tolist() == [[3, 3, 5, 5], [3, 3, 5, 255]]
+
+
+def test_classes_present_skip_background_and_ignored_pixels():
+    target = np.array([[0, 0, 3], [5, 255, 3]])
+    assert classes_present(target, has_background=True) == [2, 4]  # labels 3, 5 are class_names[2], [4]
+    assert classes_present(target, has_background=False) == [0, 3, 5]
+    assert classes_present(np.array([[0, 255]]), has_background=True) == []
+
+
+def test_recognition_recall_by_hand():
+    scores = np.array([0.1, 0.9, 0.5, 0.3])  # ranking: 1, 2, 3, 0
+    assert recognition_recall(scores, [1]) == 1.0
+    assert recognition_recall(scores, [2]) == 0.0
+    assert recognition_recall(scores, [1, 3]) == 0.5  # top two are {1, 2}
+    assert recognition_recall(scores, [3, 2, 1]) == 1.0
+    assert recognition_recall(np.zeros(3), [0, 2]) == 0.5  # ties: lower index first, so the top two are {0, 1}
+    with pytest.raises(ValueError, match="at least one class"):
+        recognition_recall(scores, [])

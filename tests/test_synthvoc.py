@@ -125,6 +125,35 @@ def test_voc_layout_round_trips_and_shards_hold_captions(tmp_path):
         assert Image.open(tar.extractfile("00000016.jpg")).size == (64, 64)
 
 
+def test_recognition_scores_the_classes_each_scene_holds(tmp_path):
+    """With class prompts embedded as the unit vectors e_k: groups equal to the scene's e_k recall every class; a
+    pooled embedding ranking the classes in index order recalls |{0..n-1} & classes| / n for a scene of n classes."""
+    import torch
+
+    from groupvit.config import GroupViTConfig, TextConfig, VisionConfig
+    from groupvit.evaluation.run import evaluate_recognition
+    from groupvit.model import GroupViT, ImageGroups
+
+    spec = SynthVOCSpec(seed=5, train=1, val=24, test=1, calib=1, shard_size=1, scene=SceneOptions(size=64))
+    generate(tmp_path, spec, workers=1, progress=False)
+    dataset = load_dataset("voc", voc_root(tmp_path), "val")
+    scenes = json.loads((voc_root(tmp_path) / "scenes.json").read_text())
+    truth = [sorted({VOC_CLASSES.index(o) for o in scenes[dataset.samples[i][0]]["objects"]}) for i in range(24)]
+    vision = VisionConfig(image_size=64, patch_size=16, width=32, depths=[1, 1], num_heads=2, num_group_tokens=[4, 0],
+                          num_output_groups=[4])  # fmt: skip
+    model = GroupViT(GroupViTConfig(vision=vision, text=TextConfig(width=32, layers=1, heads=2), projection_dim=16,
+                                    projection_hidden_dim=32)).eval()  # fmt: skip
+    unit = torch.eye(20)
+    model.encode_text = lambda ids: unit[: len(ids)]  # one prompt per class, in class order
+    ranked = torch.arange(20, 0, -1.0)[None]  # [1, 20]: class 0 first
+    calls = iter(truth)
+    model.encode_image_groups = lambda pixels: ImageGroups(ranked, unit[next(calls)][None], [])
+    result = evaluate_recognition(model, dataset, short_side=64)
+    assert result["images"] == 24 and result["best_group"] == pytest.approx(100.0)
+    expected = 100 * np.mean([len(set(range(len(t))) & set(t)) / len(t) for t in truth])
+    assert 0 < expected < 100 and result["pooled"] == pytest.approx(expected)
+
+
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     generate(tmp_path / "one", SMALL, workers=1, progress=False)
     generate(tmp_path / "two", SMALL, workers=2, progress=False)
@@ -156,6 +185,7 @@ def test_demo_one_minute_end_to_end(tmp_path):
     assert manifest["spec"]["scene"]["max_clutter"] == result["scene"]["max_clutter"] == 0
     assert manifest["spec"]["scene"]["object_scale"] == result["scene"]["object_scale"] == [0.4, 0.7]
     assert 0.0 <= result["miou"] <= 100.0 and result["images"] == 40
+    assert result["recognition"]["images"] == 40 and 0.0 <= result["recognition"]["pooled"] <= 100.0
     # --config and --drop-boilerplate-nouns reach the model and the training loop
     assert yaml.safe_load((out / "model.yaml").read_text())["model"]["text"]["layers"] == 2
     assert json.loads((out / "train_config.json").read_text())["noun_stopwords"] == list(BOILERPLATE_WORDS)
@@ -165,7 +195,7 @@ def test_demo_one_minute_end_to_end(tmp_path):
     assert result["curve"] and result["curve"][-1]["step"] == result["steps"]
     assert (out / "model.safetensors").is_file() and (out / "checkpoint.pt").is_file()
     assert Image.open(out / "report_grid.png").size[0] > 3 * 64 and Image.open(out / "report_groups.png").size[0] > 64
-    assert "report_grid.png" in (out / "report.html").read_text()
+    assert "report_grid.png" in (out / "report.html").read_text() and "Recognition" in (out / "report.html").read_text()
     assert "SynthVOC val mIoU" in run.stdout
 
 
@@ -286,8 +316,9 @@ def test_ablation_table_names_the_base_of_shared_flags():
     from benchmarks.synthvoc_ablations import table
 
     row = {"miou": 8.234, "miou_at_official_threshold": 7.8, "groups_in_use": 3.756, "oracle": {"miou": 32.94},
-           "images_seen": 115520, "minutes": 10.0}  # fmt: skip
+           "recognition": {"pooled": 40.21}, "images_seen": 115520, "minutes": 10.0}  # fmt: skip
     plain = table({"paper": row, "vit": row}).splitlines()
-    assert plain[2] == "| paper | 8.2 | 7.8 | 3.76 | 32.9 | 115520 | 10.0 |" and plain[3].startswith("| vit | 8.2 |")
+    assert plain[2] == "| paper | 8.2 | 7.8 | 3.76 | 32.9 | 40.2 | 115520 | 10.0 |"
+    assert plain[3].startswith("| vit | 8.2 |")
     from_variant = table({"paper": row, "vit": row}, flags=["--grouping-init", "fan_in"]).splitlines()
     assert from_variant[2].startswith("| base (the shared flags) | 8.2 |") and from_variant[3].startswith("| vit |")

@@ -66,3 +66,19 @@ def oracle_labels(groups: np.ndarray, target: np.ndarray, ignore_index: int = IG
         if votes.size:
             out[inside] = np.bincount(votes).argmax()
     return out
+
+
+def classes_present(target: np.ndarray, has_background: bool, ignore_index: int = IGNORE_INDEX) -> list[int]:
+    """Indices into the dataset's `class_names` of the classes a label map contains (background and ignored
+    pixels left out)."""
+    labels = np.unique(target[target != ignore_index])
+    return [int(v) - 1 for v in labels if v > 0] if has_background else [int(v) for v in labels]
+
+
+def recognition_recall(scores: np.ndarray, present: Sequence[int]) -> float:
+    """Image-level recognition: the share of the `present` classes among the len(present) best-scored classes
+    (`scores` [C]), so 1.0 when the image's classes are exactly its top-ranked ones. Ties rank lower indices first."""
+    if not present:
+        raise ValueError("recognition recall needs at least one class present in the image")
+    top = np.argsort(-np.asarray(scores), kind="stable")[: len(present)]
+    return len(set(top.tolist()) & set(present)) / len(present)

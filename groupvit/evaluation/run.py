@@ -7,11 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..image import load_image, rescale_size, to_tensor
 from ..model import GroupViT
-from ..segmentation import ZeroShotSegmenter
-from .metrics import ConfusionMatrix, oracle_labels
+from ..segmentation import ZeroShotSegmenter, class_text_embeddings
+from ..templates import get_templates
+from .metrics import ConfusionMatrix, classes_present, oracle_labels, recognition_recall
 
 DATASET_DEFAULT = object()  # "use the dataset's own background threshold"
 CALIBRATION_GRID = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
@@ -118,6 +121,9 @@ def format_table(result: dict) -> str:
     rows.append(f"{'final groups in use':<24}{result['groups_in_use']:>8.2f}")
     if "oracle" in result:
         rows.append(f"{'oracle-named mIoU':<24}{result['oracle']['miou']:>8.2f}")
+    if "recognition" in result:
+        rows.append(f"{'recognition (pooled) %':<24}{result['recognition']['pooled']:>8.2f}")
+        rows.append(f"{'recognition (groups) %':<24}{result['recognition']['best_group']:>8.2f}")
     return "\n".join(rows)
 
 
@@ -131,7 +137,6 @@ def evaluate_classification(
     from PIL import Image
 
     from ..classification import ZeroShotClassifier
-    from ..image import load_image
 
     rank, world = _rank_world()
     classifier = ZeroShotClassifier(model, dataset.class_names, templates=templates)
@@ -155,3 +160,37 @@ def evaluate_classification(
         "top1": counts[0].item() / images * 100,
         "top5": counts[1].item() / images * 100,
     }
+
+
+@torch.no_grad()
+def evaluate_recognition(model: GroupViT, dataset, templates: str | Sequence[str] = "simple",
+                         short_side: int = 448, limit: int | None = None) -> dict:  # fmt: skip
+    """Image-level zero-shot recognition on a segmentation set, to tell naming failures from grouping ones:
+    per image, the recall of its classes (those its label map contains) among as many top-ranked class
+    prompts, by the pooled image embedding and by each class's best-matching final group (percent; images
+    without an object class are left out). The whole image at `short_side`, cut to whole patches as whole-image
+    segmentation does; images split across ranks."""
+    rank, world = _rank_world()
+    model.eval()
+    device, p = next(model.parameters()).device, model.config.vision.patch_size
+    text = class_text_embeddings(model, dataset.class_names, get_templates(templates))  # [C, D]
+    sums = torch.zeros(3, dtype=torch.float64)  # [pooled recall, best-group recall, images]
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in range(rank, total, world):
+        _, image, target = dataset[i]
+        present = classes_present(target, dataset.has_background)
+        if not present:
+            continue
+        rgb = load_image(image)
+        pixels = to_tensor(rgb, rescale_size(*rgb.shape[:2], short_side)).to(device)  # [1, 3, H, W]
+        out = model.encode_image_groups(pixels[:, :, : pixels.shape[2] // p * p, : pixels.shape[3] // p * p])
+        image_scores = F.normalize(out.image_embeds[0].float(), dim=-1) @ text.T  # [C]
+        group_scores = (F.normalize(out.group_embeds[0].float(), dim=-1) @ text.T).amax(dim=0)  # [C]
+        recalls = [recognition_recall(s.cpu().numpy(), present) for s in (image_scores, group_scores)]
+        sums += torch.tensor([*recalls, 1.0], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(sums)
+    if sums[2] == 0:
+        raise ValueError(f"no image of {dataset.name} contains an object class; recognition needs labelled objects")
+    pooled, best_group = (100 * float(s / sums[2]) for s in sums[:2])
+    return {"images": int(sums[2]), "pooled": pooled, "best_group": best_group}
