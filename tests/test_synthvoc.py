@@ -153,6 +153,17 @@ def test_recognition_scores_the_classes_each_scene_holds(tmp_path):
     expected = 100 * np.mean([len(set(range(len(t))) & set(t)) / len(t) for t in truth])
     assert 0 < expected < 100 and result["pooled"] == pytest.approx(expected)
 
+    class Backdrops:  # scenes of background and ignored pixels only: nothing to recognise, and no error
+        name, class_names, has_background = "backdrops", VOC_CLASSES, True
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return f"b{i}", np.zeros((64, 64, 3), np.uint8), np.array([[0, 255], [0, 0]], np.uint8)
+
+    assert evaluate_recognition(model, Backdrops(), short_side=64) == {"images": 0, "pooled": None, "best_group": None}
+
 
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     generate(tmp_path / "one", SMALL, workers=1, progress=False)

@@ -189,7 +189,8 @@ def test_evaluation_hook_logs_miou(dataset, tmp_path):
     run = subprocess.run(train_cmd(dataset, tmp_path / "run", "--steps", "2", "--batch-size", "8", "eval_every=2",
                                    f"eval_root={voc}"), capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert re.search(r"step 2 \(\d+\.\d min\): voc mIoU \d+\.\d\d, groups in use \d", run.stdout), run.stdout
+    pattern = r"step 2 \(\d+\.\d min\): voc mIoU \d+\.\d\d, groups in use \d+\.\d\d, recognition \d+\.\d %"
+    assert re.search(pattern, run.stdout), run.stdout
 
 
 def test_missing_shards_fail_before_training(tmp_path):

@@ -121,7 +121,7 @@ def format_table(result: dict) -> str:
     rows.append(f"{'final groups in use':<24}{result['groups_in_use']:>8.2f}")
     if "oracle" in result:
         rows.append(f"{'oracle-named mIoU':<24}{result['oracle']['miou']:>8.2f}")
-    if "recognition" in result:
+    if result.get("recognition", {}).get("images"):
         rows.append(f"{'recognition (pooled) %':<24}{result['recognition']['pooled']:>8.2f}")
         rows.append(f"{'recognition (groups) %':<24}{result['recognition']['best_group']:>8.2f}")
     return "\n".join(rows)
@@ -167,9 +167,9 @@ def evaluate_recognition(model: GroupViT, dataset, templates: str | Sequence[str
                          short_side: int = 448, limit: int | None = None) -> dict:  # fmt: skip
     """Image-level zero-shot recognition on a segmentation set, to tell naming failures from grouping ones:
     per image, the recall of its classes (those its label map contains) among as many top-ranked class
-    prompts, by the pooled image embedding and by each class's best-matching final group (percent; images
-    without an object class are left out). The whole image at `short_side`, cut to whole patches as whole-image
-    segmentation does; images split across ranks."""
+    prompts, by the pooled image embedding and by each class's best-matching final group. Percent; images
+    without an object class are left out (None when there is none). The whole image at `short_side`, cut to
+    whole patches as whole-image segmentation does; images split across ranks."""
     rank, world = _rank_world()
     model.eval()
     device, p = next(model.parameters()).device, model.config.vision.patch_size
@@ -190,7 +190,7 @@ def evaluate_recognition(model: GroupViT, dataset, templates: str | Sequence[str
         sums += torch.tensor([*recalls, 1.0], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(sums)
-    if sums[2] == 0:
-        raise ValueError(f"no image of {dataset.name} contains an object class; recognition needs labelled objects")
+    if sums[2] == 0:  # no image holds an object class: nothing to recognise
+        return {"images": 0, "pooled": None, "best_group": None}
     pooled, best_group = (100 * float(s / sums[2]) for s in sums[:2])
     return {"images": int(sums[2]), "pooled": pooled, "best_group": best_group}

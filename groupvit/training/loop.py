@@ -132,15 +132,17 @@ def forever(loader):
 
 
 def evaluate(model: GroupViT, cfg: TrainConfig) -> dict:
-    """The zero-shot segmentation hook: mIoU on `eval_root`, images split across ranks."""
+    """The zero-shot segmentation hook: mIoU and recognition on `eval_root`, images split across ranks."""
     from ..evaluation.datasets import load_dataset
-    from ..evaluation.run import DATASET_DEFAULT, evaluate_segmentation
+    from ..evaluation.run import DATASET_DEFAULT, evaluate_recognition, evaluate_segmentation
 
     dataset = load_dataset(cfg.eval_dataset, cfg.eval_root, cfg.eval_split)
     threshold = DATASET_DEFAULT if cfg.eval_threshold < 0 else cfg.eval_threshold
     model.eval()
     result = evaluate_segmentation(model, dataset, cfg.eval_mode, threshold, limit=cfg.eval_images or None,
                                    progress=False, short_side=cfg.eval_short_side)  # fmt: skip
+    result["recognition"] = evaluate_recognition(model, dataset, short_side=cfg.eval_short_side,
+                                                 limit=cfg.eval_images or None)  # fmt: skip
     model.train()
     return result
 
@@ -256,13 +258,18 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
         if cfg.eval_every and (done % cfg.eval_every == 0 or last):
             result = evaluate(model, cfg)
-            history.append({"step": done, "minutes": train_seconds / 60, "images_seen": seen,
-                            "miou": result["miou"], "groups_in_use": result["groups_in_use"]})  # fmt: skip
+            recognition = result["recognition"]["pooled"]  # None when no eval image holds an object class
+            history.append({"step": done, "minutes": train_seconds / 60, "images_seen": seen, "miou": result["miou"],
+                            "groups_in_use": result["groups_in_use"], "recognition": recognition})  # fmt: skip
             if main:
                 writer.add_scalar("eval/miou", result["miou"], done)
                 writer.add_scalar("eval/groups_in_use", result["groups_in_use"], done)
+                if recognition is not None:
+                    writer.add_scalar("eval/recognition", recognition, done)
+                named = "n/a (no object class)" if recognition is None else f"{recognition:.1f} %"
                 tqdm.write(f"step {done} ({train_seconds / 60:.1f} min): {cfg.eval_dataset} mIoU "
-                           f"{result['miou']:.2f}, groups in use {result['groups_in_use']:.2f}")  # fmt: skip
+                           f"{result['miou']:.2f}, groups in use {result['groups_in_use']:.2f}, "
+                           f"recognition {named}")  # fmt: skip
         if done % cfg.save_every == 0 or last:
             save_checkpoint(out / CHECKPOINT, model, optimizer, done, cfg, world, train_seconds)
     bar.close()
