@@ -5,6 +5,10 @@ crop, give each pixel its most likely final group, score groups against the clas
 (softmax over the image's top-5 classes times the full softmax), and mark background where a pixel's best
 score is under min(threshold, best group-class score). Unlike the reference, crops run in batches and the
 image encoder runs once per crop (the reference runs it twice).
+
+How a group becomes a class or background lives in `groupvit.naming` (the official rule and its variants). An
+image is encoded once (`ZeroShotSegmenter.encode`) and can then be named under any options (`name`), which is
+how calibration and the benchmarks try many options on one encoder pass.
 """
 
 from __future__ import annotations
@@ -12,13 +16,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .image import ImageInput, load_image, rescale_size, to_tensor
-from .model import GroupViT
+from .model import GroupViT, ImageGroups
+from .naming import Naming, area_filter, name_pixels, threshold_vector
+from .naming import background_channel as background_channel  # re-exported: the protocol's steps
+from .naming import group_class_affinity as group_class_affinity
 from .templates import get_templates
 from .tokenizer import tokenize
 
@@ -89,32 +97,82 @@ def upsample_groups(token_to_group: torch.Tensor, size: tuple[int, int]) -> torc
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
-def group_class_affinity(
-    group_embeds: torch.Tensor,
-    image_embeds: torch.Tensor,
-    text_embeds: torch.Tensor,
-    scale: torch.Tensor,
-    top_k: int = 5,
-) -> torch.Tensor:
-    """Spec 5.3 steps 5-6. group_embeds [B, G, D], image_embeds [B, D] (projected), text_embeds [C, D]
-    (normalised) -> [B, G, C] = softmax over the image's top-k classes * softmax over all classes."""
-    groups = F.normalize(group_embeds, dim=-1)
-    image = F.normalize(image_embeds, dim=-1)
-    logits = scale * groups @ text_embeds.t()  # [B, G, C]
-    full = logits.softmax(dim=-1)
-    image_logits = scale * image @ text_embeds.t()  # [B, C]
-    keep = image_logits.topk(min(top_k, text_embeds.shape[0]), dim=-1).indices  # [B, k]
-    mask = torch.full_like(image_logits, float("-inf")).scatter_(1, keep, 0.0)  # [B, C]
-    return (logits + mask[:, None, :]).softmax(dim=-1) * full
+class CropPass(NamedTuple):
+    """One image-encoder pass over a batch of same-size crops: what naming needs, before any class is scored."""
+
+    image_embeds: torch.Tensor  # [B, D] pooled, projected (not normalised)
+    group_embeds: torch.Tensor  # [B, G, D] final groups, projected
+    group_index: list[torch.Tensor]  # per grouping stage [B, H, W] pixel -> group (the final stage only without maps)
+    members: tuple[torch.Tensor, torch.Tensor] | None = None  # final groups' members: [B, M, D], pixel -> member
 
 
-def background_channel(foreground: torch.Tensor, affinity: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Spec 5.3 step 8: 1 where a pixel's best class score is under min(threshold, max affinity), else 0.
+def encode_with_members(model: GroupViT, pixels: torch.Tensor) -> tuple[ImageGroups, torch.Tensor]:
+    """One encoder pass that also returns the members of the final groups, projected [B, M, D]: the tokens entering
+    the last grouping block (the previous stage's groups; patches with one stage), after the final LayerNorm as
+    the final groups are. Hierarchical naming names them; the model never projects them in training."""
+    blocks = [stage.grouping for stage in model.visual.stages if stage.grouping is not None]
+    if not blocks:
+        raise ValueError("hierarchical naming needs a model with a grouping stage (a plain ViT has no groups to split)")
+    captured = []
+    hook = blocks[-1].register_forward_hook(lambda module, args, output: captured.append(args[0]))
+    try:
+        out = model.encode_image_groups(pixels)
+    finally:
+        hook.remove()
+    return out, model.visual_projection(model.visual.norm(captured[0]))
 
-    foreground [B, C, H, W], affinity [B, G, C] -> [B, 1, H, W]. The min() keeps the best group foreground.
+
+@torch.no_grad()
+def encode_crops(model: GroupViT, pixels: torch.Tensor, group_maps: bool = True, members: bool = False) -> CropPass:
+    """A batch of same-size crops [B, 3, H, W] -> their encoder pass with every pixel's group per stage (only the
+    final stage with `group_maps=False`: upsampling the 64 first-stage maps costs more than the rest together) and,
+    with `members`, the final groups' members and every pixel's member (hierarchical naming).
+
+    Pixels past the last whole patch are ignored by the encoder (as the reference's strided conv ignores
+    them) but still receive a group from the upsampled maps.
     """
-    t = affinity.flatten(1).amax(dim=1).clamp(max=threshold).view(-1, 1, 1, 1)  # [B, 1, 1, 1]
-    return (foreground.amax(dim=1, keepdim=True) < t).to(foreground.dtype)
+    H, W = pixels.shape[2:]
+    p = model.config.vision.patch_size
+    if H < p or W < p:
+        raise ValueError(f"crop {H}x{W} is smaller than one {p}x{p} patch")
+    crops = pixels[:, :, : H // p * p, : W // p * p]
+    out, member_embeds = encode_with_members(model, crops) if members else (model.encode_image_groups(crops), None)
+    chained = chain_assignments(out.assignments)
+    if not chained:  # a plain ViT (no grouping stage, e.g. the SynthVOC baseline): each patch is its own group
+        B, N = out.group_embeds.shape[:2]
+        chained = [torch.eye(N, device=pixels.device).expand(B, N, N)]
+    stages = chained if group_maps else chained[-1:]
+    group_index = [upsample_groups(m.float(), (H, W)).argmax(dim=1) for m in stages]  # [B, H, W] per stage
+    if member_embeds is None:
+        return CropPass(out.image_embeds, out.group_embeds, group_index)
+    B, M = member_embeds.shape[:2]
+    # Pixel -> member: the chained maps up to the previous stage, or the patch itself with one stage.
+    to_member = chained[-2] if len(chained) > 1 else torch.eye(M, device=pixels.device).expand(B, M, M)
+    member_index = upsample_groups(to_member.float(), (H, W)).argmax(dim=1)  # [B, H, W]
+    return CropPass(out.image_embeds, out.group_embeds, group_index, (member_embeds, member_index))
+
+
+def name_crop(
+    model: GroupViT,
+    crop: CropPass,
+    text_embeds: torch.Tensor,
+    num_classes: int,
+    threshold: float | torch.Tensor | None,
+    naming: Naming,
+) -> torch.Tensor:
+    """A crop pass named under `naming` (see groupvit.naming.name_pixels) -> logits [B, 1 + C, H, W], or
+    [B, C, H, W] when nothing makes background. text_embeds [K, D]: C classes, then background words."""
+    members = None if crop.members is None else (crop.members[0].float(), crop.members[1])
+    return name_pixels(crop.group_embeds.float(), crop.image_embeds.float(), crop.group_index[-1], text_embeds.float(),
+                       model.logit_scale_value().float(), num_classes, threshold, naming, members)  # fmt: skip
+
+
+def image_scores(crop: CropPass, text_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-level class scores of a pass, for recognition (naming apart from grouping): the cosine of the pooled
+    embedding with each class [B, C] and of each class's best final group [B, C]."""
+    pooled = F.normalize(crop.image_embeds.float(), dim=-1) @ text_embeds.T  # [B, C]
+    groups = (F.normalize(crop.group_embeds.float(), dim=-1) @ text_embeds.T).amax(dim=1)  # [B, C]
+    return pooled, groups
 
 
 @torch.no_grad()
@@ -125,36 +183,12 @@ def segment_crops(
     background_threshold: float | None,
     group_maps: bool = True,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """A batch of same-size crops [B, 3, H, W] -> (logits [B, 1 + C, H, W] or [B, C, H, W] without background,
-    per-stage pixel->group index maps [B, H, W]; empty with `group_maps=False`, which only upsamples the final
-    stage: the labels need no other, and upsampling the 64 first-stage maps costs more than the rest together).
-
-    Pixels past the last whole patch are ignored by the encoder (as the reference's strided conv ignores
-    them) but still receive logits from the upsampled maps.
-    """
-    H, W = pixels.shape[2:]
-    p = model.config.vision.patch_size
-    if H < p or W < p:
-        raise ValueError(f"crop {H}x{W} is smaller than one {p}x{p} patch")
-    out = model.encode_image_groups(pixels[:, :, : H // p * p, : W // p * p])
-    chained = chain_assignments(out.assignments)
-    if not chained:  # a plain ViT (no grouping stage, e.g. the SynthVOC baseline): each patch is its own group
-        B, N = out.group_embeds.shape[:2]
-        chained = [torch.eye(N, device=pixels.device).expand(B, N, N)]
-    stages = chained if group_maps else chained[-1:]
-    group_index = [upsample_groups(m.float(), (H, W)).argmax(dim=1) for m in stages]  # [B, H, W] per stage
-    affinity = group_class_affinity(
-        out.group_embeds.float(), out.image_embeds.float(), text_embeds.float(), model.logit_scale_value().float()
-    )  # [B, G, C]
-    final = group_index[-1]  # [B, H, W]
-    # Each pixel copies the affinity row of its group: O . A with O one-hot, done as a gather.
-    foreground = torch.gather(
-        affinity.transpose(1, 2), 2, final.flatten(1)[:, None, :].expand(-1, affinity.shape[2], -1)
-    ).view(final.shape[0], -1, H, W)  # [B, C, H, W]
-    group_index = group_index if group_maps else []
-    if background_threshold is None:
-        return foreground, group_index
-    return torch.cat([background_channel(foreground, affinity, background_threshold), foreground], 1), group_index
+    """The official protocol on a batch of same-size crops [B, 3, H, W] -> (logits [B, 1 + C, H, W] or
+    [B, C, H, W] without background, per-stage pixel->group index maps [B, H, W]; empty with
+    `group_maps=False`). `ZeroShotSegmenter` runs the same two steps with any naming options."""
+    crop = encode_crops(model, pixels, group_maps)
+    logits = name_crop(model, crop, text_embeds, text_embeds.shape[0], background_threshold, Naming())
+    return logits, crop.group_index if group_maps else []
 
 
 def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -178,12 +212,27 @@ class SegmentationResult:
     scores: np.ndarray  # [C + 1, H, W] float; channel 0 is the background indicator (zeros without background)
     group_maps: list[np.ndarray]  # per grouping stage, [H, W] pixel -> group index
     class_names: list[str]
+    # Image-level class scores from the whole-image pass (None in slide mode without group maps): the cosine of the
+    # pooled embedding with each class [C], and of each class's best final group [C].
+    pooled_scores: np.ndarray | None = None
+    group_scores: np.ndarray | None = None
 
     def fractions(self) -> dict[str, float]:
         """Pixel fraction of every class present (and 'background')."""
         counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names) + 1) / self.labels.size
         names = ["background", *self.class_names]
         return {names[i]: float(f) for i, f in enumerate(counts) if f > 0}
+
+
+@dataclass
+class EncodedImage:
+    """An image after its encoder passes, before naming (`ZeroShotSegmenter.encode`; `name` finishes it)."""
+
+    size: tuple[int, int]  # original (height, width)
+    canvas: tuple[int, int]  # (height, width) of the resized image the crops tile
+    crops: list[tuple[list[tuple[int, int, int, int]], CropPass]]  # batches of windows (y1, y2, x1, x2), their pass
+    whole: CropPass | None  # the whole resized image with every stage's maps (pictures, recognition), if made
+    pixels: torch.Tensor | None = None  # [1, 3, h, w] the resized image, kept for PAMR only
 
 
 class ZeroShotSegmenter:
@@ -195,6 +244,8 @@ class ZeroShotSegmenter:
     refine: None (official) or 'pamr' (pixel-adaptive mask refinement, a protocol variant).
     autocast_dtype: None (fp32), torch.bfloat16 (GPU, or CPUs with AVX512-BF16/AMX) or torch.float16 (GPU).
     group_maps: also return per-stage group maps; in slide mode they cost one extra whole-image pass.
+    naming: protocol variants of how groups become classes or background (groupvit.naming.Naming; the default
+        is the official protocol).
     """
 
     def __init__(
@@ -212,6 +263,7 @@ class ZeroShotSegmenter:
         refine: str | None = None,
         autocast_dtype: torch.dtype | None = None,
         group_maps: bool = True,
+        naming: Naming | None = None,
     ) -> None:
         if mode not in ("slide", "whole"):
             raise ValueError(f"mode must be 'slide' or 'whole', got {mode!r}")
@@ -227,72 +279,125 @@ class ZeroShotSegmenter:
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
         self.return_group_maps = group_maps
+        self.naming = naming or Naming()
         self.templates = get_templates(templates)
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self.set_classes(class_names)
+        self.query()  # background words are checked against the classes now, not at the first image
+
+    def _embeddings(self, names: tuple[str, ...]) -> torch.Tensor:
+        if names not in self._text_cache:
+            self._text_cache[names] = class_text_embeddings(self.model, names, self.templates)
+        return self._text_cache[names]
 
     def set_classes(self, class_names: Sequence[str]) -> None:
         """Switch vocabulary; text embeddings are computed once per vocabulary and cached."""
         names = tuple(check_class_names(class_names))
-        if names not in self._text_cache:
-            self._text_cache[names] = class_text_embeddings(self.model, names, self.templates)
         self.class_names = list(names)
-        self.text_embeds = self._text_cache[names]
+        self.text_embeds = self._embeddings(names)
+
+    @property
+    def has_background(self) -> bool:
+        return self.background_threshold is not None or self.naming.makes_background()
+
+    def query(self) -> tuple[torch.Tensor, float | torch.Tensor | None]:
+        """What groups are scored against, [K, D] (the classes, then any background words), and the background
+        threshold: one number, one per class [C] (`naming.class_thresholds`), or None."""
+        words = tuple(check_class_names(self.naming.background_words)) if self.naming.background_words else ()
+        clash = sorted({w.lower() for w in words} & {n.lower() for n in self.class_names})
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: both a class and a background word; drop it from one list")
+        text = torch.cat([self.text_embeds, self._embeddings(words)]) if words else self.text_embeds
+        thresholds = self.naming.class_thresholds
+        return text, threshold_vector(thresholds, self.class_names) if thresholds else self.background_threshold
 
     def _autocast(self):
         # bf16 on CPU is only fast with AVX512-BF16 or AMX (`torch.ops.mkldnn._is_mkldnn_bf16_supported()`).
         enabled = self.autocast_dtype is not None
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled)
 
+    def encode(self, image: ImageInput, members: bool | None = None) -> EncodedImage:
+        """Resize and run the encoder passes (no class is scored yet). members: also encode the final groups'
+        members, which hierarchical naming needs (default: whether `naming.hierarchical` is set)."""
+        rgb = load_image(image)
+        pixels = to_tensor(rgb, rescale_size(*rgb.shape[:2], self.short_side, self.long_side))
+        return self.encode_pixels(pixels, rgb.shape[:2], members)
+
     @torch.no_grad()
-    def logits(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Normalised, already-resized pixels [1, 3, H, W] -> (logits [K, H, W], group maps [H, W] per stage)."""
+    def encode_pixels(
+        self, pixels: torch.Tensor, size: tuple[int, int] | None = None, members: bool | None = None
+    ) -> EncodedImage:
+        """Normalised, already-resized pixels [1, 3, H, W] of an image of `size` (default: H, W) -> its passes."""
+        members = self.naming.hierarchical is not None if members is None else members
         pixels = pixels.to(self.device)
         H, W = pixels.shape[2:]
         with self._autocast():
             if self.mode == "whole":
-                logits, group_maps = segment_crops(self.model, pixels, self.text_embeds, self.background_threshold)
-                return logits[0], [g[0] for g in group_maps]
-            group_maps = []
-            if self.return_group_maps:  # one whole-image pass, only for the pictures
-                group_maps = [g[0] for g in segment_crops(self.model, pixels, self.text_embeds, None)[1]]
-            windows = slide_windows(H, W, self.crop_size, self.stride)
-            total = count = None
-            for start in range(0, len(windows), self.batch_size):
-                batch = windows[start : start + self.batch_size]
-                crops = torch.cat([pixels[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in batch])
-                crop_logits, _ = segment_crops(
-                    self.model, crops, self.text_embeds, self.background_threshold, group_maps=False
-                )
+                crop = encode_crops(self.model, pixels, self.return_group_maps, members)
+                crops, whole = [([(0, H, 0, W)], crop)], crop if self.return_group_maps else None
+            else:
+                # One whole-image pass, only for the pictures and recognition.
+                whole = encode_crops(self.model, pixels) if self.return_group_maps else None
+                windows = slide_windows(H, W, self.crop_size, self.stride)
+                crops = []
+                for start in range(0, len(windows), self.batch_size):
+                    batch = windows[start : start + self.batch_size]
+                    stacked = torch.cat([pixels[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in batch])
+                    crops.append((batch, encode_crops(self.model, stacked, group_maps=False, members=members)))
+        return EncodedImage(tuple(size or (H, W)), (H, W), crops, whole, pixels if self.refine else None)
+
+    @torch.no_grad()
+    def crop_logits(self, encoded: EncodedImage) -> torch.Tensor:
+        """The crops named under the current options, summed on the resized image's canvas and divided by the
+        per-pixel window count -> logits [K, H, W] (K = 1 + C with background, else C)."""
+        text, threshold = self.query()
+        total = count = None
+        with self._autocast():
+            for batch, crop in encoded.crops:
+                logits = name_crop(self.model, crop, text, len(self.class_names), threshold, self.naming)
                 if total is None:
-                    total = crop_logits.new_zeros(crop_logits.shape[1], H, W)  # [K, H, W]
-                    count = crop_logits.new_zeros(1, H, W)
-                for (y1, y2, x1, x2), logit in zip(batch, crop_logits, strict=True):
+                    total = logits.new_zeros(logits.shape[1], *encoded.canvas)  # [K, H, W]
+                    count = logits.new_zeros(1, *encoded.canvas)
+                for (y1, y2, x1, x2), logit in zip(batch, logits, strict=True):
                     total[:, y1:y2, x1:x2] += logit
                     count[:, y1:y2, x1:x2] += 1
-        return total / count, group_maps
+        return total / count
 
-    def __call__(self, image: ImageInput) -> SegmentationResult:
-        rgb = load_image(image)
-        height, width = rgb.shape[:2]
-        pixels = to_tensor(rgb, rescale_size(height, width, self.short_side, self.long_side))
-        logits, group_maps = self.logits(pixels)
+    def logits(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Normalised, already-resized pixels [1, 3, H, W] -> (logits [K, H, W], group maps [H, W] per stage)."""
+        encoded = self.encode_pixels(pixels)
+        return self.crop_logits(encoded), [] if encoded.whole is None else [g[0] for g in encoded.whole.group_index]
+
+    def name(self, encoded: EncodedImage) -> SegmentationResult:
+        """Name an encoded image under the current class names and options -> the result at its original size."""
+        height, width = encoded.size
+        logits = self.crop_logits(encoded)
         if self.refine == "pamr":
             from .pamr import pamr
 
-            logits = pamr(pixels.to(logits.device), logits[None])[0]
+            logits = pamr(encoded.pixels.to(logits.device), logits[None])[0]
         logits = F.interpolate(logits[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
-        if self.background_threshold is None:
+        if logits.shape[0] == len(self.class_names):  # no background channel
             labels = logits.argmax(dim=0) + 1
             scores = torch.cat([logits.new_zeros(1, height, width), logits])
         else:
             labels, scores = logits.argmax(dim=0), logits
-        group_maps = [
-            F.interpolate(g[None, None].float(), size=(height, width), mode="nearest")[0, 0].long() for g in group_maps
-        ]
+        if self.naming.min_area:
+            labels = area_filter(labels, len(self.class_names), self.naming.min_area)
+        whole = encoded.whole
+        group_maps = [] if whole is None else [
+            F.interpolate(g[:1, None].float(), size=(height, width), mode="nearest")[0, 0].long()
+            for g in whole.group_index
+        ]  # fmt: skip
+        pooled, groups = (None, None) if whole is None else image_scores(whole, self.text_embeds)
         return SegmentationResult(
             labels=labels.cpu().numpy().astype(np.int64),
             scores=scores.cpu().numpy(),
             group_maps=[g.cpu().numpy() for g in group_maps],
             class_names=self.class_names,
+            pooled_scores=None if pooled is None else pooled[0].cpu().numpy(),
+            group_scores=None if groups is None else groups[0].cpu().numpy(),
         )
+
+    def __call__(self, image: ImageInput) -> SegmentationResult:
+        return self.name(self.encode(image))
