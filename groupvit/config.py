@@ -48,6 +48,8 @@ class VisionConfig:
     grouping_init: str = "reference"
 
     def __post_init__(self) -> None:
+        check_fields(self, "model config vision.", positive=("image_size", "patch_size", "in_chans", "width", "depths",
+                     "num_heads", "num_output_groups", "mlp_ratio", "assign_mlp_ratio"))  # fmt: skip
         if self.grouping_init not in GROUPING_INITS:
             raise ValueError(f"vision.grouping_init must be one of {GROUPING_INITS}, got {self.grouping_init!r}")
         self.depths = list(self.depths)
@@ -73,6 +75,9 @@ class VisionConfig:
         return self.image_size // self.patch_size
 
 
+TEXT_POOLS = ("eot", "max")
+
+
 @dataclass
 class TextConfig:
     """The CLIP-style causal text transformer (spec 2); the embedding is taken at the end-of-text token."""
@@ -84,8 +89,16 @@ class TextConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     layer_norm_eps: float = 1e-5
+    # "eot": the feature at the end-of-text token (the paper, CLIP). "max": the largest value of each channel over
+    # the tokens after start of text up to end of text, a variant for small text towers, where the EOT feature is at
+    # first an average dominated by a prompt's template words, so "a photo of a chair." and "... person." start alike.
+    pool: str = "eot"
 
     def __post_init__(self) -> None:
+        if self.pool not in TEXT_POOLS:
+            raise ValueError(f"text.pool must be one of {TEXT_POOLS}, got {self.pool!r}")
+        check_fields(self, "model config text.", positive=("vocab_size", "context_length", "width", "layers", "heads",
+                                                           "mlp_ratio"))  # fmt: skip
         if self.width % self.heads:
             raise ValueError(f"text.width {self.width} is not divisible by heads {self.heads}")
 
@@ -102,9 +115,19 @@ class GroupViTConfig:
     logit_scale_init: float = 2.659260036932778  # ln(1 / 0.07)
     # The multi-label loss has its own temperature (GCC+YFCC release); absent in GCC+RedCaps.
     multi_label_logit_scale: bool = False
+    # Training-only extras (variants, not in the paper; docs/synthvoc.md): learnable biases for SigLIP's sigmoid
+    # loss (`loss: sigmoid`), and a projection head for the patch tokens entering the first grouping block (the
+    # deep noun loss). Neither is used at test time.
+    logit_bias: bool = False
+    patch_head: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model config ", positive=("projection_dim", "projection_hidden_dim"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GroupViTConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"a model config holds key: value settings, got {data!r}")
         data = dict(data)
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -121,8 +144,7 @@ class GroupViTConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> GroupViTConfig:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        data = read_yaml(path)
         return cls.from_dict(data.get("model", data))
 
     def to_json(self) -> str:
@@ -133,17 +155,87 @@ class GroupViTConfig:
 def dataclass_from_dict(kind: type, values: dict[str, Any], overrides: Sequence[str] = (), what: str = "config") -> Any:
     """`kind(**values)` after applying `key=value` overrides (values read as YAML: 0.5, [1, 2], true); unknown keys
     are an error that lists the known ones."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{what}: expected key: value settings, got {values!r}")
     values = dict(values)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"{what} override {item!r} is not key=value")
-        values[key.strip()] = yaml.safe_load(value)
+        values[key.strip()] = parse_yaml(value, f"{what} override {item!r}")
     fields = sorted(f.name for f in dataclasses.fields(kind))
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown keys in {what}: {unknown}; known: {fields}")
     return kind(**values)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> data; a syntax error names `source` (a file, an override) and the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}, line {mark.line + 1}" if mark is not None else source
+        problem = getattr(e, "problem", None) or (str(e).splitlines() or ["unreadable"])[0]
+        raise ValueError(f"{where}: not valid YAML ({problem})") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file of key: value settings (empty: {}); every problem names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found (or not a file)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read config file {path} ({getattr(e, 'strerror', None) or e})") from None
+    data = parse_yaml(text, str(path)) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected key: value settings, found a {type(data).__name__}")
+    return data
+
+
+def check_fields(obj: Any, prefix: str, positive: Sequence[str] = ()) -> None:
+    """Every field of the dataclass `obj` (named `prefix` + field in errors) of its default's kind, and those in
+    `positive` above 0 (each item of a list): YAML and JSON hold whatever was written, and a wrong value should name
+    its key, not fail in the model. YAML reads 1e-5 as a string: such a string is taken as the number it spells."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if type(default) is float and isinstance(value, str):
+            try:
+                value = float(value)
+                setattr(obj, f.name, value)
+            except ValueError:
+                pass
+        if not _fits(value, default):
+            raise ValueError(f"{prefix}{f.name}: {value!r} is not {_kind(default)}")
+        if f.name in positive and any(v <= 0 for v in (value if isinstance(value, list | tuple) else [value])):
+            raise ValueError(f"{prefix}{f.name} must be positive, got {value!r}")
+
+
+def _fits(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int | float) and isinstance(value, bool):
+        return False
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, list | tuple):
+        return isinstance(value, list | tuple) and (not default or all(_fits(v, default[0]) for v in value))
+    return True  # nested configs check themselves
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, list | tuple):
+        return f"a list of {'integers' if default and type(default[0]) is int else 'numbers'}"
+    kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return kinds.get(type(default), type(default).__name__)
 
 
 def _build(kind: type, values: dict[str, Any], section: str) -> Any:

@@ -19,6 +19,10 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     _, world = _world()
     if world == 1:
         return x
+    if not x.is_floating_point():  # integer labels such as noun keys: no gradient to carry
+        out = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(out, x)
+        return torch.cat(out, dim=0)
     return torch.cat(all_gather(x), dim=0)
 
 
@@ -46,12 +50,50 @@ def similarity(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ngd,md->nmg", images, texts).amax(dim=-1)
 
 
-def multi_label_contrastive_loss(image: torch.Tensor, prompts: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def shared_noun_mask(prompt_keys: torch.Tensor, owners: torch.Tensor, caption_keys: torch.Tensor) -> torch.Tensor:
+    """[N, P] bool: image n is a positive for prompt p when p is its own or names a noun of n's caption.
+
+    prompt_keys [P] (`training.data.noun_key`, < 0 for a caption used as padding), owners [P] (image index of
+    each prompt), caption_keys [N, M] (each image's caption nouns, padded with negative keys).
+    """
+    mask = (caption_keys[:, :, None] == prompt_keys[None, None, :]).any(dim=1) & (prompt_keys >= 0)
+    mask[owners, torch.arange(prompt_keys.shape[0], device=mask.device)] = True
+    return mask
+
+
+def sigmoid_loss(logits: torch.Tensor, positive: torch.Tensor, norm: float) -> torch.Tensor:
+    """SigLIP: every (row, column) pair is a binary problem, +1 where `positive`; summed, divided by `norm`."""
+    signs = positive.to(logits.dtype) * 2 - 1
+    return -F.logsigmoid(signs * logits).sum() / norm
+
+
+def sigmoid_image_text_loss(
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """SigLIP's loss (Zhai et al., 2023): this rank's B images against all W*B captions, positives on the diagonal,
+    summed over pairs and divided by B. Not in the paper: a variant for small batches (see docs/synthvoc.md)."""
+    rank, _ = _world()
+    logits = scale * image @ gather(text).t() + bias  # [B, W*B]
+    positive = torch.zeros_like(logits, dtype=torch.bool)
+    positive[torch.arange(image.shape[0]), torch.arange(image.shape[0]) + image.shape[0] * rank] = True
+    return sigmoid_loss(logits, positive, image.shape[0])
+
+
+def multi_label_contrastive_loss(
+    image: torch.Tensor,
+    prompts: torch.Tensor,
+    scale: torch.Tensor,
+    keys: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Image vs. its K noun prompts. image: normalised [B, D] (the paper), or [B, G, D] segment/patch tokens
     where an image's score for a prompt is its best token's (`noun_loss: max_token`, not in the paper);
     prompts: normalised [B, K, D].
 
-    Image -> all W*B*K prompts with target 1/K on its own K; prompt -> all W*B images, one-hot at its owner.
+    Without `keys` (the paper): image -> all W*B*K prompts with target 1/K on its own K; prompt -> all W*B images,
+    one-hot at its owner. With noun `keys` [B, K + M] (`training.data.CaptionTexts`): every image whose caption has
+    a prompt's noun is a positive for it too, targets spread evenly over the positives (UniCL-style; a variant).
+    With `bias` the loss is SigLIP's sigmoid over every (image, prompt) pair instead, summed and divided by B*K.
     """
     rank, _ = _world()
     B, K, D = prompts.shape
@@ -59,40 +101,82 @@ def multi_label_contrastive_loss(image: torch.Tensor, prompts: torch.Tensor, sca
     flat = prompts.reshape(B * K, D)
     all_prompts, all_images = gather(flat), gather(image)  # [W*B*K, D], [W*B, D]
     logits_image = scale * similarity(image, all_prompts)  # [B, W*B*K]
-    target_image = torch.zeros_like(logits_image)
-    columns = owner[:, None] * K + torch.arange(K, device=image.device)  # [B, K]
-    target_image.scatter_(1, columns, 1.0 / K)
+    if keys is None:
+        positive = torch.zeros_like(logits_image, dtype=torch.bool)  # [B, W*B*K]
+        rows, own = torch.arange(B, device=image.device), torch.arange(K, device=image.device)
+        positive[rows[:, None], owner[:, None] * K + own] = True
+    else:
+        all_keys = gather(keys)  # [W*B, K + M]
+        prompt_keys = all_keys[:, :K].reshape(-1)  # [W*B*K]
+        owners = torch.arange(all_keys.shape[0], device=keys.device).repeat_interleave(K)
+        positive = shared_noun_mask(prompt_keys, owners, keys[:, K:])  # [B, W*B*K]
+    if bias is not None:
+        return sigmoid_loss(logits_image + bias, positive, B * K)
+    target_image = positive.to(logits_image.dtype)
+    target_image = target_image / target_image.sum(dim=1, keepdim=True)
     logits_prompt = scale * similarity(all_images, flat).t()  # [B*K, W*B]
-    target_prompt = F.one_hot(owner.repeat_interleave(K), all_images.shape[0]).to(logits_prompt.dtype)
+    if keys is None:
+        positive_prompt = F.one_hot(owner.repeat_interleave(K), all_images.shape[0]).bool()
+    else:
+        mine = keys[:, :K].reshape(-1)  # [B*K]
+        positive_prompt = shared_noun_mask(mine, owner.repeat_interleave(K), all_keys[:, K:]).t()  # [B*K, W*B]
+    target_prompt = positive_prompt.to(logits_prompt.dtype)
+    target_prompt = target_prompt / target_prompt.sum(dim=1, keepdim=True)
     return 0.5 * (soft_cross_entropy(logits_image, target_image) + soft_cross_entropy(logits_prompt, target_prompt))
 
 
 NOUN_LOSSES = ("pooled", "max_token")
+LOSSES = ("softmax", "sigmoid")
+NOUN_POSITIVES = ("own", "shared")
 
 
 def groupvit_losses(
-    model: torch.nn.Module, images: torch.Tensor, texts: torch.Tensor, noun_loss: str = "pooled"
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    texts: torch.Tensor,
+    noun_loss: str = "pooled",
+    keys: torch.Tensor | None = None,
+    loss: str = "softmax",
+    deep_noun_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """images [B, 3, H, W]; texts [B, 1 + K, L] token ids: caption first, then K noun prompts.
 
     All 1 + K texts of a batch go through the text encoder and its BatchNorm head together, as in the
     reference. noun_loss: 'pooled' scores noun prompts against the pooled image embedding (the paper);
     'max_token' against each image's best final token (segment, or patch for a plain ViT), a variant.
+    Variants, not in the paper: `keys` [B, K + M] noun keys make images that share a prompt's noun positives for
+    it; loss='sigmoid' uses SigLIP's pairwise sigmoid for both terms (the model needs `logit_bias`);
+    `deep_noun_weight` > 0 adds that much of a token-level noun loss on the patch tokens entering the first
+    grouping block, through the model's `patch_projection` head, to train the backbone's recognition directly.
     Returns (image-text loss, multi-label loss or None when K = 0).
     """
     if noun_loss not in NOUN_LOSSES:
         raise ValueError(f"noun_loss must be one of {NOUN_LOSSES}, got {noun_loss!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "sigmoid" and model.logit_bias is None:
+        raise ValueError("loss: sigmoid needs learnable biases; set logit_bias: true in the model config")
+    if deep_noun_weight and model.patch_projection is None:
+        raise ValueError("a deep noun loss needs the patch head; set patch_head: true in the model config")
     B, T, L = texts.shape
-    tokens, _ = model.visual(images)  # [B, G, C]
+    tokens, _, patches = model.visual(images, return_patch_tokens=True)  # [B, G, C], _, [B, N, C]
     image = F.normalize(model.visual_projection(tokens.mean(dim=1)), dim=-1)  # [B, D]
     text = F.normalize(model.encode_text(texts.reshape(B * T, L)), dim=-1).view(B, T, -1)  # [B, 1+K, D]
-    itc = image_text_contrastive_loss(image, text[:, 0], model.logit_scale_value())
+    if loss == "sigmoid":
+        itc = sigmoid_image_text_loss(image, text[:, 0], model.logit_scale_value(), model.logit_bias)
+    else:
+        itc = image_text_contrastive_loss(image, text[:, 0], model.logit_scale_value())
     if T == 1:
         return itc, None
     if model.multi_label_logit_scale is None:
         raise ValueError("texts carry noun prompts but the model has no multi-label temperature; set "
                          "multi_label_logit_scale: true in the model config")  # fmt: skip
     ml_scale = model.multi_label_logit_scale.exp().clamp(max=100.0)
+    ml_bias = model.multi_label_logit_bias if loss == "sigmoid" else None
     if noun_loss == "max_token":
         image = F.normalize(model.visual_projection(tokens), dim=-1)  # [B, G, D]
-    return itc, multi_label_contrastive_loss(image, text[:, 1:], ml_scale)
+    ml = multi_label_contrastive_loss(image, text[:, 1:], ml_scale, keys, ml_bias)
+    if deep_noun_weight:
+        patch_embeds = F.normalize(model.patch_projection(patches), dim=-1)  # [B, N, D]
+        ml = ml + deep_noun_weight * multi_label_contrastive_loss(patch_embeds, text[:, 1:], ml_scale, keys, ml_bias)
+    return itc, ml

@@ -56,4 +56,8 @@ class TextEncoder(nn.Module):
             else:
                 x = block(x, causal=True)
         x = self.ln_final(x)
+        if self.cfg.pool == "max":  # over the tokens after start of text, up to and including end of text
+            position = torch.arange(x.shape[1], device=x.device)
+            content = (position[None, :] > 0) & (position[None, :] <= eot[:, None])  # [N, L]
+            return x.masked_fill(~content[:, :, None], float("-inf")).amax(dim=1)  # [N, C]
         return x[torch.arange(x.shape[0], device=x.device), eot]  # [N, C]

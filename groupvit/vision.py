@@ -91,17 +91,19 @@ class GroupingStage(nn.Module):
 
     def forward(
         self, x: torch.Tensor, prev_group_tokens: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """x [B, N, C] -> (x' [B, S_out or N, C], group tokens after the blocks [B, S, C], soft map [B, S_out, N])."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """x [B, N, C] -> (x' [B, S_out or N, C], group tokens after the blocks [B, S, C], soft map [B, S_out, N],
+        the image tokens after the blocks [B, N, C], before grouping)."""
         if self.group_token is None:
-            return self.run_blocks(x), None, None
+            x = self.run_blocks(x)
+            return x, None, None, x
         group_tokens = self.group_token.expand(x.shape[0], -1, -1)
         if self.group_projector is not None:
             group_tokens = group_tokens + self.group_projector(prev_group_tokens)
         x = self.run_blocks(torch.cat([x, group_tokens], dim=1))  # [B, N + S, C]
         x, group_tokens = x[:, : -self.num_group_tokens], x[:, -self.num_group_tokens :]
-        x, soft = self.grouping(x, group_tokens)
-        return x, group_tokens, soft
+        grouped, soft = self.grouping(x, group_tokens)
+        return grouped, group_tokens, soft, x
 
 
 class VisionEncoder(nn.Module):
@@ -160,14 +162,19 @@ class VisionEncoder(nn.Module):
                 f"(e.g. to {max(p, H // p * p)}x{max(p, W // p * p)})"
             )
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """pixels [B, 3, H, W] -> (segment tokens [B, G, C], soft assignment per grouping stage [B, S_out, N_in])."""
+    def forward(self, pixels: torch.Tensor, return_patch_tokens: bool = False) -> tuple:
+        """pixels [B, 3, H, W] -> (segment tokens [B, G, C], soft assignment per grouping stage [B, S_out, N_in]),
+        plus, with `return_patch_tokens`, the normalised patch tokens entering the first grouping block [B, N, C]
+        (a plain ViT's output tokens), for the deep noun loss."""
         self.check_input(pixels)
         x, grid = self.patch_embed(pixels)  # [B, h*w, C]
         x = x + resize_pos_embed(self.pos_embed, grid)
-        group_tokens, assignments = None, []
+        group_tokens, assignments, patches = None, [], None
         for stage in self.stages:
-            x, group_tokens, soft = stage(x, group_tokens)
+            x, group_tokens, soft, before = stage(x, group_tokens)
+            patches = before if patches is None else patches
             if soft is not None:
                 assignments.append(soft)
+        if return_patch_tokens:
+            return self.norm(x), assignments, self.norm(patches)
         return self.norm(x), assignments

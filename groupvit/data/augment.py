@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 
 from ..image import IMAGENET_MEAN, IMAGENET_STD
@@ -532,6 +533,25 @@ class CenterCrop:
 # ---------------------------------------------------------------------------------------------------------
 
 GROUPVIT_RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
+
+
+class TensorLightAugment:
+    """The "light" preset on a uint8 tensor [3, H, W] instead of a PIL image, for data held in memory
+    (`training.data.MemoryPairs`): the same random draws in the same order (crop box from `random`, flip from torch),
+    the crop resized with antialiased bilinear interpolation (PIL's bilinear filter), then normalised."""
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.5, 1.0)) -> None:
+        self.size, self.scale = size, scale
+        self.mean = torch.tensor(IMAGENET_MEAN).view(-1, 1, 1)  # [3, 1, 1]
+        self.std = torch.tensor(IMAGENET_STD).view(-1, 1, 1)  # [3, 1, 1]
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        top, left, h, w = random_resized_crop_box(image.shape[2], image.shape[1], self.scale)
+        crop = image[None, :, top : top + h, left : left + w].float()  # [1, 3, h, w]
+        x = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)[0]
+        if torch.rand(1).item() < 0.5:
+            x = x.flip(-1)
+        return (x.clamp_(0, 255).round_() / 255 - self.mean) / self.std  # rounded like the uint8 PIL path
 
 
 def train_transform(size: int = 224, preset: str = "groupvit") -> Callable[[Image.Image], torch.Tensor]:

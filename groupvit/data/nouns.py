@@ -165,6 +165,13 @@ def prompts_for_caption(
     in the reference. `rng` is a `random.Random` or a numpy `Generator`/`RandomState`, owned by the
     caller so that data-loader workers are reproducible.
     """
+    return [text for text, _ in draw_prompts(caption, nouns, k, rng, templates)]
+
+
+def draw_prompts(
+    caption: str, nouns: Sequence[str], k: int, rng: Any, templates: Sequence[str] = FULL
+) -> list[tuple[str, str | None]]:
+    """`prompts_for_caption` with the noun each prompt was made from (None for the caption used as padding)."""
     if k < 0:
         raise ValueError(f"k must be non-negative, got {k}")
     if not templates:
@@ -172,13 +179,13 @@ def prompts_for_caption(
     m = min(k, len(nouns))
     if hasattr(rng, "sample") and hasattr(rng, "randrange"):  # random.Random
         picks = rng.sample(range(len(nouns)), m)
-        prompts = [templates[rng.randrange(len(templates))].format(nouns[i]) for i in picks]
+        drawn = [(templates[rng.randrange(len(templates))].format(nouns[i]), nouns[i]) for i in picks]
     elif hasattr(rng, "choice"):  # numpy Generator or RandomState
         picks = rng.choice(len(nouns), size=m, replace=False) if m else []
-        prompts = [templates[int(rng.choice(len(templates)))].format(nouns[int(i)]) for i in picks]
+        drawn = [(templates[int(rng.choice(len(templates)))].format(nouns[int(i)]), nouns[int(i)]) for i in picks]
     else:
         raise TypeError(f"rng must be a random.Random or a numpy random generator, got {type(rng).__name__}")
-    return prompts + [caption] * (k - m)
+    return drawn + [(caption, None)] * (k - m)
 
 
 def decode_nouns(raw: bytes | str) -> list[str]:

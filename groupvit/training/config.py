@@ -7,10 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import GroupViTConfig, dataclass_from_dict, model_config
-from ..losses import NOUN_LOSSES
+from ..config import GroupViTConfig, dataclass_from_dict, model_config, read_yaml
+from ..losses import LOSSES, NOUN_LOSSES, NOUN_POSITIVES
 
 
 @dataclass
@@ -24,6 +22,15 @@ class TrainConfig:
     # words never made into noun prompts (the paper: none; groupvit.data.nouns.BOILERPLATE_WORDS is a list of
     # alt-text filler such as "photo", "image", "background", "is")
     noun_stopwords: list[str] = field(default_factory=list)
+    # Variants for small batches, not in the paper (docs/synthvoc.md, eighth round): "sigmoid" replaces both
+    # softmax losses with SigLIP's pairwise sigmoid (the model needs logit_bias: true); noun_positives "shared"
+    # makes every image whose caption has a prompt's noun a positive for it (the paper: only the prompt's own image);
+    # deep_noun_loss > 0 adds a token-level noun loss on the patch tokens before grouping (model patch_head: true),
+    # that weight, decayed linearly to zero over the run when deep_noun_decay is set.
+    loss: str = "softmax"
+    noun_positives: str = "own"
+    deep_noun_loss: float = 0.0
+    deep_noun_decay: bool = False
     # optimisation (spec section 4); lr, warmup_lr and min_lr are for a global batch of `reference_batch`
     # and scale linearly with the actual global batch (batch_size x processes x accum_steps)
     steps: int = 1000
@@ -47,6 +54,9 @@ class TrainConfig:
     workers: int = 4
     shuffle_buffer: int = 10_000
     resampled: bool = True  # shards drawn with replacement per worker; False: each shard once per epoch
+    # hold the decoded shards in memory and augment batches with tensor ops in the training process (the "light"
+    # preset): for data that fits in RAM, such as SynthVOC; no JPEG decoding or loader process per step
+    in_memory: bool = False
     # bookkeeping
     seed: int = 0
     save_every: int = 500
@@ -81,10 +91,21 @@ class TrainConfig:
         if not isinstance(words, list | tuple) or not all(isinstance(w, str) for w in words):
             raise ValueError(f"noun_stopwords must be a list of words, e.g. [photo, image], got {words!r}")
         self.noun_stopwords = list(words)
-        if self.batch_size < 1 or self.accum_steps < 1 or self.steps < 1:
-            raise ValueError("batch_size, accum_steps and steps must be positive")
+        counts = ("batch_size", "accum_steps", "steps", "save_every", "log_every", "image_size", "reference_batch")
+        low = [f"{key}={getattr(self, key)}" for key in counts if getattr(self, key) < 1]
+        if low or self.workers < 0:
+            raise ValueError(f"training config: {', '.join(counts)} must be positive and workers >= 0; got "
+                             f"{', '.join(low) or f'workers={self.workers}'}")  # fmt: skip
         if self.noun_loss not in NOUN_LOSSES:
             raise ValueError(f"noun_loss must be one of {NOUN_LOSSES}, got {self.noun_loss!r}")
+        for key, value, allowed in (("loss", self.loss, LOSSES), ("noun_positives", self.noun_positives,
+                                                                      NOUN_POSITIVES)):  # fmt: skip
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+        if self.deep_noun_loss < 0:
+            raise ValueError(f"deep_noun_loss must be >= 0, got {self.deep_noun_loss}")
+        if self.in_memory and self.augment != "light":
+            raise ValueError("in_memory data is augmented with the light preset only; set augment: light")
         if self.minutes < 0:
             raise ValueError(f"minutes must be >= 0, got {self.minutes}")
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -94,12 +115,15 @@ class TrainConfig:
         cfg = model_config(self.model)
         if self.multi_label and not cfg.multi_label_logit_scale:
             cfg.multi_label_logit_scale = True  # the multi-label loss has its own temperature
+        if self.loss == "sigmoid" and not cfg.logit_bias:
+            raise ValueError("loss: sigmoid needs the model's learnable biases; set logit_bias: true in the model")
+        if self.deep_noun_loss and not cfg.patch_head:
+            raise ValueError("deep_noun_loss needs a head for the patch tokens; set patch_head: true in the model")
         return cfg
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        data = read_yaml(path)
         return cls.from_dict(data.get("train", data), overrides)
 
     @classmethod

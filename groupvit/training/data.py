@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import random
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -23,12 +25,22 @@ import braceexpand
 import torch
 from PIL import Image
 
+from ..checks import DataError
 from ..data.nouns import CAPTION_KEYS, IMAGE_KEYS
 from ..tokenizer import tokenize
 
+MAX_CAPTION_NOUNS = 16  # caption nouns kept per sample for same-noun positives (SynthVOC captions have < 12)
+
+
+def noun_key(word: str) -> int:
+    """A stable non-negative id of a word (lower-cased): equal words get equal ids on every worker and rank."""
+    return zlib.crc32(word.lower().encode()) & 0x7FFFFFFF
+
 
 class CaptionTexts:
-    """caption -> token ids [1 + K, 77]: the caption, then K prompts built from its nouns (spec 3.3).
+    """caption -> (token ids [1 + K, 77], noun keys [K + MAX_CAPTION_NOUNS]): the caption, then K prompts built from
+    its nouns (spec 3.3); the keys say which noun each prompt names (`noun_key`, -1 for a caption used as padding)
+    and which nouns the caption has (padded with -2), so a loss can treat images that share a noun as positives.
 
     stopwords: words never made into prompts, compared lower-case (e.g. `nouns.BOILERPLATE_WORDS`; the
     reference has none). A caption left with fewer than K words is padded with itself, as the reference does.
@@ -38,10 +50,12 @@ class CaptionTexts:
         self.k, self.tagger, self._extractor = multi_label, tagger, None
         self.stopwords = frozenset(w.lower() for w in stopwords)
 
-    def __call__(self, caption: str, rng: random.Random, nouns: list[str] | None = None) -> torch.Tensor:
+    def __call__(
+        self, caption: str, rng: random.Random, nouns: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.k == 0:
-            return tokenize([caption])
-        from ..data.nouns import NounExtractor, prompts_for_caption
+            return tokenize([caption]), torch.full((MAX_CAPTION_NOUNS,), -2, dtype=torch.long)
+        from ..data.nouns import NounExtractor, draw_prompts
 
         if nouns is None:
             if self._extractor is None:  # loaded lazily, once per data-loader worker
@@ -49,7 +63,11 @@ class CaptionTexts:
             nouns = self._extractor.nouns(caption)
         if self.stopwords:
             nouns = [w for w in nouns if w.lower() not in self.stopwords]
-        return tokenize([caption, *prompts_for_caption(caption, nouns, self.k, rng)])
+        prompts = draw_prompts(caption, nouns, self.k, rng)
+        present = sorted({noun_key(w) for w in nouns})[:MAX_CAPTION_NOUNS]
+        keys = [-1 if noun is None else noun_key(noun) for _, noun in prompts]
+        keys += present + [-2] * (MAX_CAPTION_NOUNS - len(present))
+        return tokenize([caption, *(text for text, _ in prompts)]), torch.tensor(keys, dtype=torch.long)
 
 
 def decode_caption(raw: bytes | str) -> str:
@@ -57,6 +75,11 @@ def decode_caption(raw: bytes | str) -> str:
     caption = caption.strip()
     if not caption:
         raise ValueError("empty caption")
+    if not caption.isascii():  # a table's non-UTF-8 bytes arrive as surrogates (read_pairs_table)
+        try:
+            caption.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("caption is not UTF-8 text") from None
     return caption
 
 
@@ -66,49 +89,73 @@ def decode_image(raw: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
-class CaptionTable(torch.utils.data.Dataset):
-    """A CSV or TSV of (image path, caption), header optional; paths relative to the file's folder.
+def read_pairs_table(path: str | Path) -> list[tuple[Path, str]]:
+    """A CSV or TSV of (image path, caption), header optional -> [(image path, caption)], paths relative to the
+    file's folder. Bytes that are not UTF-8 are kept as surrogates, so such a caption is skipped and counted
+    (`decode_caption`) instead of the whole file refused; a broken file is named with the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training data {path} not found; give a CSV/TSV of (image path, caption) or shards")
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            rows = [(reader.line_num, row) for row in reader if row]
+        except csv.Error as e:
+            raise DataError(f"{path}, line {reader.line_num}: not a readable CSV/TSV ({e})") from None
+    if rows and rows[0][1][:2] in (["image", "caption"], ["filepath", "title"], ["url", "caption"]):
+        rows = rows[1:]
+    if not rows:
+        raise DataError(f"{path} holds no rows; expected one (image path, caption) per line")
+    short = next((line for line, row in rows if len(row) < 2), None)
+    if short is not None:
+        raise DataError(f"{path}, line {short}: expected two {'tab' if delimiter != ',' else 'comma'}-separated "
+                        "columns, image path and caption")  # fmt: skip
+    return [(path.parent / row[0], row[1]) for _, row in rows]
 
-    Indexed by global sample position q: epoch q // N uses its own permutation of the rows.
-    """
 
-    def __init__(self, path: str | Path, transform: Callable, texts: CaptionTexts, seed: int = 0) -> None:
-        path = Path(path)
-        delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
-        if rows and rows[0][:2] in (["image", "caption"], ["filepath", "title"], ["url", "caption"]):
-            rows = rows[1:]
-        if not rows or any(len(r) < 2 for r in rows):
-            raise ValueError(f"{path} needs rows of (image path, caption); found {len(rows)} rows")
-        self.rows = [(path.parent / r[0], r[1]) for r in rows]
-        self.transform, self.texts, self.seed = transform, texts, seed
+class IndexedPairs(torch.utils.data.Dataset):
+    """Image-caption pairs indexed by global sample position q: epoch q // N uses its own permutation, and the
+    sample at q, its augmentation and its prompts are a pure function of (seed, q), so a resumed run sees exactly
+    the same batches. Subclasses say how pair i is read (`caption`, `image`, `nouns`); a pair that cannot be read
+    raises and is replaced by the next position's, deterministically, and counted in `skipped`."""
+
+    def __init__(self, size: int, transform: Callable, texts: CaptionTexts, seed: int = 0) -> None:
+        self.size, self.transform, self.texts, self.seed = size, transform, texts, seed
         self._perm: tuple[int, torch.Tensor] | None = None
         self.skipped: Counter[str] = Counter()
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.size
+
+    def caption(self, i: int) -> str | bytes:
+        raise NotImplementedError
+
+    def image(self, i: int) -> Image.Image | torch.Tensor:
+        raise NotImplementedError
+
+    def nouns(self, i: int) -> list[str] | None:
+        return None  # tagged on the fly by CaptionTexts
 
     def row(self, q: int) -> int:
-        epoch = q // len(self.rows)
+        epoch = q // self.size
         if self._perm is None or self._perm[0] != epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = (epoch, torch.randperm(len(self.rows), generator=g))
-        return int(self._perm[1][q % len(self.rows)])
+            self._perm = (epoch, torch.randperm(self.size, generator=g))
+        return int(self._perm[1][q % self.size])
 
-    def __getitem__(self, q: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """-> (image [3, S, S], ids [1 + K, 77], samples skipped to find it). A broken row is replaced by the
-        next position's row, deterministically."""
-        for attempt in range(len(self.rows)):
-            image_path, caption = self.rows[self.row(q + attempt)]
+    def __getitem__(self, q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """-> (image [3, S, S], ids [1 + K, 77], noun keys, samples skipped to find it)."""
+        for attempt in range(self.size):
+            i = self.row(q + attempt)
             rng = random.Random(self.seed * 1_000_003 + q + attempt)
             try:
-                caption = decode_caption(caption)
-            except ValueError:
+                caption = decode_caption(self.caption(i))
+            except (UnicodeDecodeError, ValueError):
                 self.skipped["caption"] += 1
                 continue
             try:
-                image = decode_image(Path(image_path).read_bytes())
+                image = self.image(i)
             except Exception:  # unreadable, truncated or not an image at all
                 self.skipped["image"] += 1
                 continue
@@ -120,23 +167,105 @@ class CaptionTable(torch.utils.data.Dataset):
                 torch.manual_seed(rng.getrandbits(63))
                 pixels = self.transform(image)
             random.setstate(state)
-            return pixels, self.texts(caption, rng), attempt
-        raise RuntimeError(f"no readable sample in {len(self.rows)} rows")
+            return pixels, *self.texts(caption, rng, self.nouns(i)), attempt
+        raise RuntimeError(f"no readable sample in {self.size} rows")
+
+
+class CaptionTable(IndexedPairs):
+    """A CSV or TSV of (image path, caption), header optional; paths relative to the file's folder."""
+
+    def __init__(self, path: str | Path, transform: Callable, texts: CaptionTexts, seed: int = 0) -> None:
+        self.rows = read_pairs_table(path)
+        super().__init__(len(self.rows), transform, texts, seed)
+
+    def caption(self, i: int) -> str:
+        return self.rows[i][1]
+
+    def image(self, i: int) -> Image.Image:
+        return decode_image(Path(self.rows[i][0]).read_bytes())
+
+
+class MemoryPairs(IndexedPairs):
+    """Webdataset shards decoded once into memory: images as uint8 tensors [3, H, W], captions, tagged nouns.
+
+    For data that fits in RAM (SynthVOC's 20,000 scenes of 96 px: 550 MB). Batches are cut from it in the training
+    process with tensor ops (`data.augment.TensorLightAugment`), so no step waits on JPEG decoding or a loader
+    process. Samples that cannot be decoded are skipped and counted while loading (`skipped`).
+    """
+
+    def __init__(self, pattern: str, transform: Callable, texts: CaptionTexts, seed: int = 0) -> None:
+        import tarfile
+
+        import numpy as np
+        from tqdm import tqdm
+
+        skipped: Counter[str] = Counter()
+        self.images: list[torch.Tensor] = []
+        self.captions: list[str] = []
+        self.tagged: list[list[str] | None] = []
+        for url in tqdm(expand_shards(pattern), desc="loading shards into memory", unit="shard", leave=False):
+            samples: dict[str, dict[str, bytes]] = {}
+            with tarfile.open(url) as tar:
+                for member in tar:
+                    if member.isfile() and "." in Path(member.name).name:
+                        key, ext = _split_key(member.name)
+                        samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+            for sample in samples.values():
+                image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+                caption_key = next((k for k in CAPTION_KEYS if k in sample), None)
+                if image_key is None or caption_key is None:
+                    skipped["incomplete"] += 1
+                    continue
+                try:
+                    caption = decode_caption(sample[caption_key])
+                except (UnicodeDecodeError, ValueError):
+                    skipped["caption"] += 1
+                    continue
+                try:
+                    array = np.asarray(decode_image(sample[image_key]))  # [H, W, 3] uint8
+                except Exception:
+                    skipped["image"] += 1
+                    continue
+                self.images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))  # [3, H, W]
+                self.captions.append(caption)
+                self.tagged.append(json.loads(sample["nouns.json"]) if "nouns.json" in sample else None)
+        if not self.images:
+            raise ValueError(f"{pattern}: no readable image-caption pair ({dict(skipped)} skipped)")
+        super().__init__(len(self.images), transform, texts, seed)
+        self.skipped.update(skipped)
+
+    def caption(self, i: int) -> str:
+        return self.captions[i]
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+    def nouns(self, i: int) -> list[str] | None:
+        return self.tagged[i]
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """'dir/00012.nouns.json' -> ('dir/00012', 'nouns.json'): webdataset's key is the path up to the first dot of the
+    file name."""
+    folder, slash, base = name.rpartition("/")
+    stem, ext = base.split(".", 1)
+    return folder + slash + stem, ext
 
 
 def step_batches(
-    start_step: int, steps: int, batch_size: int, accum: int, rank: int, world: int
+    start_step: int, steps: int | None, batch_size: int, accum: int, rank: int, world: int
 ) -> Iterator[list[int]]:
-    """Global sample positions of each micro-batch of this rank, from `start_step` on."""
-    for step in range(start_step, steps):
+    """Global sample positions of each micro-batch of this rank, from `start_step` on (for ever when steps is None,
+    as for a time budget)."""
+    for step in range(start_step, steps) if steps is not None else itertools.count(start_step):
         for micro in range(accum):
             first = ((step * accum + micro) * world + rank) * batch_size
             yield list(range(first, first + batch_size))
 
 
-def collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    images, texts, skipped = zip(*batch, strict=True)
-    return torch.stack(images), torch.stack(texts), sum(skipped)
+def collate(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    images, texts, keys, skipped = zip(*batch, strict=True)
+    return torch.stack(images), torch.stack(texts), torch.stack(keys), sum(skipped)
 
 
 def expand_shards(pattern: str) -> list[str]:
@@ -173,7 +302,7 @@ def decode_samples(
             stats["image"] += 1
             continue
         nouns = json.loads(sample["nouns.json"]) if "nouns.json" in sample else None
-        yield transform(image), texts(caption, rng, nouns)
+        yield transform(image), *texts(caption, rng, nouns)
 
 
 def shard_loader(
@@ -186,7 +315,8 @@ def shard_loader(
     shuffle_buffer: int = 10_000,
     resampled: bool = True,
 ) -> torch.utils.data.DataLoader:
-    """A loader of (images [B, 3, S, S], ids [B, 1 + K, 77], skipped-so-far per worker) from webdataset shards."""
+    """A loader of (images [B, 3, S, S], ids [B, 1 + K, 77], noun keys [B, K + M], skipped-so-far per worker) from
+    webdataset shards."""
     import webdataset as wds
 
     urls = expand_shards(pattern)
@@ -195,7 +325,7 @@ def shard_loader(
         print(f"groupvit train: skipping unreadable data: {exn}", flush=True)
         return True
 
-    def pipeline(stream: Iterator[dict]) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, int]]]:
+    def pipeline(stream: Iterator[dict]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, int]]]:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info else 0
         rng = random.Random(seed * 7919 + worker)
@@ -203,13 +333,14 @@ def shard_loader(
             random.seed(rng.random())
             torch.manual_seed(rng.getrandbits(63))
         stats: Counter[str] = Counter()
-        images, ids = [], []
-        for image, text in decode_samples(stream, transform, texts, rng, stats):
+        images, ids, keys = [], [], []
+        for image, text, key in decode_samples(stream, transform, texts, rng, stats):
             images.append(image)
             ids.append(text)
+            keys.append(key)
             if len(images) == batch_size:
-                yield torch.stack(images), torch.stack(ids), {"worker": worker, **stats}
-                images, ids = [], []
+                yield torch.stack(images), torch.stack(ids), torch.stack(keys), {"worker": worker, **stats}
+                images, ids, keys = [], [], []
 
     shards = wds.ResampledShards(urls, seed=seed, deterministic=True) if resampled else wds.SimpleShardList(urls)
     stages = [shards] if resampled else [shards, wds.split_by_node, wds.split_by_worker]

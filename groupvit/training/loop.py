@@ -19,24 +19,30 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import atomic_write, save_model
+from ..checks import check_training_data
 from ..losses import groupvit_losses
 from ..model import GroupViT
 from .config import TrainConfig
-from .data import CaptionTable, CaptionTexts, collate, shard_loader, step_batches
+from .data import CaptionTable, CaptionTexts, MemoryPairs, collate, shard_loader, step_batches
 from .sync_batchnorm import synchronise_batchnorm
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the one before, kept to fall back on if the newest is damaged
 
 
 class LossModule(nn.Module):
     """Wraps the model so DistributedDataParallel sees the whole loss computation as one forward."""
 
-    def __init__(self, model: GroupViT, noun_loss: str = "pooled") -> None:
+    def __init__(self, model: GroupViT, cfg: TrainConfig) -> None:
         super().__init__()
-        self.model, self.noun_loss = model, noun_loss
+        self.model, self.cfg = model, cfg
 
-    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return groupvit_losses(self.model, images, texts, self.noun_loss)
+    def forward(
+        self, images: torch.Tensor, texts: torch.Tensor, keys: torch.Tensor, deep_noun_weight: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        shared = self.cfg.noun_positives == "shared"
+        return groupvit_losses(self.model, images, texts, self.cfg.noun_loss, keys if shared else None,
+                               self.cfg.loss, deep_noun_weight)  # fmt: skip
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -106,18 +112,77 @@ def save_checkpoint(path: Path, model: GroupViT, optimizer: torch.optim.Optimize
         "model_config": model.config.to_dict(),
         "rng": states,
     }
+    if path.is_file():
+        os.replace(path, path.with_name(PREVIOUS_CHECKPOINT))
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def build_loader(cfg: TrainConfig, rank: int, world: int, start_step: int):
-    from ..data.augment import train_transform
+def read_training_state(out: Path, device: torch.device, verbose: bool = True) -> tuple[dict, Path] | None:
+    """The newest readable training checkpoint in `out` and its path: checkpoint.pt, or checkpoint.prev.pt (saying
+    so) when that one is missing or damaged; None when there is neither; ValueError when all there are damaged."""
+    damaged = []
+    for path in (out / CHECKPOINT, out / PREVIOUS_CHECKPOINT):
+        if not path.is_file():
+            continue
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            if not isinstance(state, dict) or not {"model", "optimizer", "step", "rng"} <= state.keys():
+                raise ValueError("not a checkpoint of groupvit train")
+        except Exception as e:  # truncated, damaged, or another kind of file
+            damaged.append(f"{path} is unreadable ({(str(e).splitlines() or [type(e).__name__])[0]})")
+            continue
+        if verbose and path.name != CHECKPOINT:
+            why = damaged[0] if damaged else f"{out / CHECKPOINT} is missing"
+            print(f"groupvit train: {why}; resuming from {path} (step {state['step']}) instead", flush=True)
+        return state, path
+    if damaged:
+        raise ValueError(f"cannot resume: {'; '.join(damaged)}; start again with --overwrite or use another --out")
+    return None
 
-    transform = train_transform(cfg.image_size, preset=cfg.augment)
+
+def restore_training_state(state: dict, path: Path, model: GroupViT, optimizer: torch.optim.Optimizer) -> None:
+    """Load a training checkpoint's weights and optimiser state; one line naming the difference when it was
+    written for another model."""
+    saved = state.get("model_config")
+    changed = _differences(saved, model.config.to_dict()) if isinstance(saved, dict) else []
+    if changed:
+        settings = path.parent / "train_config.json"
+        raise ValueError(f"{path} holds a model with another config ({'; '.join(changed[:3])}); resume with the "
+                         f"run's own settings (see {settings}) or use another --out")  # fmt: skip
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path} does not fit this model and optimiser ({reason}); use another --out") from None
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """'key: A in the checkpoint, B now' for every key of `saved` (nested dicts flattened) that `now` changes."""
+    out = []
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(now.get(key), dict):
+            out += _differences(value, now[key], f"{prefix}{key}.")
+        elif key in now and now[key] != value:
+            out.append(f"{prefix}{key}: {value} in the checkpoint, {now[key]} now")
+    return out
+
+
+def build_loader(cfg: TrainConfig, rank: int, world: int, start_step: int):
+    from ..data.augment import TensorLightAugment, train_transform
+
     texts = CaptionTexts(cfg.multi_label, cfg.tagger, cfg.noun_stopwords)
-    if cfg.data.lower().endswith((".csv", ".tsv")):
-        table = CaptionTable(cfg.data, transform, texts, seed=cfg.seed)
-        batches = list(step_batches(start_step, cfg.steps, cfg.batch_size, cfg.accum_steps, rank, world))
-        return torch.utils.data.DataLoader(table, batch_sampler=batches, collate_fn=collate, num_workers=cfg.workers)
+    if cfg.in_memory or cfg.data.lower().endswith((".csv", ".tsv")):
+        if cfg.in_memory:  # augmented in this process: no loader process competes with the step for the cores
+            table, workers = MemoryPairs(cfg.data, TensorLightAugment(cfg.image_size), texts, cfg.seed), 0
+        else:
+            transform = train_transform(cfg.image_size, cfg.augment)
+            table, workers = CaptionTable(cfg.data, transform, texts, cfg.seed), cfg.workers
+        # A time budget runs an unknown number of steps: positions then go on for ever instead of repeating.
+        steps = None if cfg.minutes else cfg.steps
+        batches = step_batches(start_step, steps, cfg.batch_size, cfg.accum_steps, rank, world)
+        return torch.utils.data.DataLoader(table, batch_sampler=batches, collate_fn=collate, num_workers=workers)
+    transform = train_transform(cfg.image_size, preset=cfg.augment)
     # Streams are reseeded from the step, so a resumed run does not replay the samples it has seen.
     seed = cfg.seed + 1000 * rank + 7 * start_step
     return shard_loader(
@@ -153,6 +218,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         raise ValueError("no training data: set data to webdataset shards (a/{000..009}.tar) or a CSV/TSV file")
     if cfg.eval_every and not cfg.eval_root:
         raise ValueError("eval_every is set but eval_root is empty: point it at e.g. VOCdevkit/VOC2012")
+    check_training_data(cfg.data)
     out = Path(out)
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed + rank)
@@ -167,15 +233,18 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused
     )
     start_step, train_seconds = 0, 0.0
-    if resume and (out / CHECKPOINT).is_file():
-        state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    found = read_training_state(out, device, verbose=rank == 0) if resume else None
+    if found:
+        state, path = found
+        restore_training_state(state, path, model, optimizer)
         start_step, train_seconds = state["step"], state.get("train_seconds", 0.0)
         set_rng_states(state["rng"][rank if rank < len(state["rng"]) else 0])
     elif resume and rank == 0:
         print(f"groupvit train: no {out / CHECKPOINT} to resume from; starting from step 0", flush=True)
-    wrapped: nn.Module = LossModule(model, cfg.noun_loss)
+    elif rank == 0:  # a new run: checkpoints of an earlier one in `out` must not become its fallback
+        for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+            (out / name).unlink(missing_ok=True)
+    wrapped: nn.Module = LossModule(model, cfg)
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids, broadcast_buffers=False)
@@ -203,11 +272,13 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     step = start_step
     while (train_seconds < budget) if budget else (step < cfg.steps):
         tic = time.perf_counter()
-        lr = learning_rate(cfg.steps * train_seconds / budget if budget else step, cfg, lr_scale)
+        progress = train_seconds / budget if budget else step / cfg.steps  # share of the run done
+        lr = learning_rate(cfg.steps * progress, cfg, lr_scale)
+        deep_weight = cfg.deep_noun_loss * ((1 - progress) if cfg.deep_noun_decay else 1.0)
         for group in optimizer.param_groups:
             group["lr"] = lr
         for micro in range(cfg.accum_steps):
-            images, texts, skipped = next(batches)
+            images, texts, keys, skipped = next(batches)
             if isinstance(skipped, dict):  # webdataset workers report their running counts
                 skipped_by_worker[skipped.pop("worker")] = sum(skipped.values())
             else:
@@ -215,7 +286,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
             sync = nullcontext() if world == 1 or micro == cfg.accum_steps - 1 else wrapped.no_sync()
             with sync:
                 with autocast:
-                    itc, ml = wrapped(images.to(device, non_blocking=True), texts.to(device, non_blocking=True))
+                    itc, ml = wrapped(images.to(device, non_blocking=True), texts.to(device, non_blocking=True),
+                                      keys.to(device, non_blocking=True), deep_weight)  # fmt: skip
                 loss = itc + (ml if ml is not None else 0.0)
                 finite = torch.isfinite(loss.detach()).float()
                 if world > 1:  # every rank stops together instead of waiting on one that stopped
