@@ -1,0 +1,221 @@
+"""Checks of what a user asks for, run before any model is loaded or data is read, and the exit codes of errors.
+
+Every subcommand validates its option values with the argparse types below and its output paths with
+`output_file` / `output_dir`, so that a mistake is reported in one line before the long part, never after it.
+
+Exit codes: 0 success; 1 the data was bad (some inputs skipped, or none usable) or the run failed (a non-finite
+loss, out of memory, an unexpected error); 2 a usage error (bad options, paths, configs, checkpoints, outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+EXIT_DATA = 1
+EXIT_USAGE = 2
+
+
+class DataError(ValueError):
+    """Input data (images, captions, label files, shards) that cannot be used: exit code 1, not 2."""
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code for an error that ended a command (see the module docstring)."""
+    if isinstance(error, DataError):
+        return EXIT_DATA
+    # ValueError covers CheckpointError and malformed configs; the OS errors are paths given on the command line.
+    if isinstance(error, ValueError | FileNotFoundError | NotADirectoryError | IsADirectoryError | PermissionError):
+        return EXIT_USAGE
+    return EXIT_DATA
+
+
+def describe(error: BaseException) -> str:
+    """An error as one line: its message, or for anything we did not raise ourselves its type too."""
+    if isinstance(error, MemoryError):
+        text = "out of memory; use smaller inputs (images, batch size, classes) or a machine with more memory"
+    elif isinstance(error, ValueError | OSError):
+        text = str(error) or type(error).__name__
+    else:
+        text = f"{type(error).__name__}: {error} (unexpected; rerun with --debug for the traceback and report it)"
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- option values (argparse types)
+
+
+def _number(text: str, kind: type) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer (1 or more)")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not positive")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """argparse type: a number in [0, 1] (background thresholds)."""
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1")
+    return value
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    value = _number(text, int)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
+
+
+# --------------------------------------------------------------------------- output paths
+
+
+def _writable(folder: Path, option: str, target: Path) -> None:
+    """`target` could be created under `folder`: its nearest existing ancestor is a folder we may write in.
+
+    The test creates (and at once deletes) a temporary file: permission bits say nothing for root, read-only
+    mounts or full disks."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {target}: {existing} is a file, not a folder; choose another place")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        reason = e.strerror or errno.errorcode.get(e.errno or 0, str(e))
+        raise ValueError(f"{option} {target}: cannot write in {existing} ({reason}); choose a writable place") from None
+
+
+def output_file(path: str | Path, option: str = "--out", overwrite: bool = False) -> Path:
+    """Check a file the command will write: not a folder, not an existing file unless `overwrite`, writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name, e.g. {path / 'results.json'}")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{option} {path} exists; pass --overwrite to replace it, or choose another name")
+    _writable(path.parent, option, path)
+    return path
+
+
+def output_dir(
+    path: str | Path,
+    option: str = "--out",
+    names: Iterable[str] = (),
+    overwrite: bool = False,
+    hint: str = "pass --overwrite to replace them, or choose another folder",
+) -> Path:
+    """Check a folder the command will write `names` into: not a file, writable, and (unless `overwrite`) holding
+    none of `names` yet."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a folder; choose a folder name")
+    _writable(path, option, path)
+    taken = [n for n in names if (path / n).exists()] if not overwrite and path.is_dir() else []
+    if taken:
+        more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+        raise ValueError(f"{option} {path} already holds {taken[0]}{more}; {hint}")
+    return path
+
+
+def checkpoint_target(path: str | Path, layout: str, overwrite: bool = False) -> Path:
+    """Check where `groupvit convert` writes: a folder for 'hf', else a file whose suffix `load_model` will read
+    back as that layout (our .safetensors; a pickle such as .pth for 'nvlabs')."""
+    path = Path(path)
+    if layout == "hf":
+        return output_dir(path, "DST", ("config.json", "model.safetensors"), overwrite)
+    if (path.suffix == ".safetensors") != (layout == "groupvit"):
+        suffix = ".safetensors" if layout == "groupvit" else ".pth"
+        raise ValueError(f"DST {path}: the {layout} layout is read back from a {suffix} file; name it e.g. "
+                         f"{path.with_suffix(suffix).name}")  # fmt: skip
+    return output_file(path, "DST", overwrite)
+
+
+def input_files(paths: Iterable[str | Path], what: str = "image") -> list[Path]:
+    """Check that every input file exists (all are named in one message)."""
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise FileNotFoundError(f"{what} not found: {', '.join(missing[:3])}{more}")
+    return paths
+
+
+# --------------------------------------------------------------------------- training data
+
+
+def check_training_data(data: str, samples: int = 256) -> None:
+    """Fail before training, naming the data and why, when no image-caption pair of a CSV/TSV (or of the first
+    `samples` samples of local shards) can be read: all images missing or broken, all captions empty or not UTF-8.
+    A stream of broken shards would otherwise never yield a batch."""
+    import itertools
+    import random
+
+    from .training.data import decode_caption, decode_image, decode_samples, expand_shards, read_pairs_table
+
+    problems: Counter[str] = Counter()
+    example: dict[str, str] = {}
+    if data.lower().endswith((".csv", ".tsv")):
+        rows = read_pairs_table(data)
+        for image_path, caption in rows:
+            try:
+                decode_caption(caption)
+            except ValueError as e:
+                problems["caption"] += 1
+                example.setdefault("caption", f"{e} for {image_path.name}")
+                continue
+            try:
+                decode_image(image_path.read_bytes())
+                return
+            except Exception as e:  # missing, unreadable, truncated or not an image at all
+                problems["image"] += 1
+                example.setdefault("image", f"{image_path} {'is missing' if isinstance(e, OSError) else 'is broken'}")
+        where = f"{len(rows)} rows"
+    else:
+        import webdataset as wds
+
+        local = [u for u in expand_shards(data) if "://" not in u and not u.startswith("pipe:")]
+        if not local:  # remote streams are not opened twice
+            return
+
+        def unreadable(e: Exception) -> bool:
+            problems["unreadable shard"] += 1
+            example.setdefault("unreadable shard", describe(e))
+            return True
+
+        stream = wds.DataPipeline(wds.SimpleShardList(local), wds.tarfile_to_samples(handler=unreadable))
+        pairs = decode_samples(itertools.islice(stream, samples), lambda image: image, lambda *_: (), random.Random(0),
+                               problems)  # fmt: skip
+        if next(pairs, None) is not None:
+            return
+        where = f"the first {sum(problems.values())} samples of {len(local)} shards"
+    kinds = {"image": "unreadable images", "caption": "empty or non-UTF-8 captions",
+             "incomplete": "samples without image or caption", "unreadable shard": "unreadable shards"}  # fmt: skip
+    found = "; ".join(
+        f"{n} {kinds[k]}" + (f" (e.g. {example[k]})" if k in example else "") for k, n in problems.items() if n
+    )
+    raise DataError(f"{data}: no usable image-caption pair in {where}: {found or 'nothing to read'}")
