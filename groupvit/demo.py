@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import html
 import json
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -19,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import dataclass_from_dict
+from .config import dataclass_from_dict, parse_yaml
 from .data.synthvoc import SceneOptions
 
 PRESET = "synthvoc"  # groupvit/configs/synthvoc.yaml: model and train sections
+# The results a demo run writes in its --out; the command refuses a folder holding any without --overwrite.
+DEMO_OUTPUTS = ("results.json", "report.html", "model.safetensors", "checkpoint.pt")
 
 
 def usable_cores() -> int:
@@ -30,17 +33,36 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+# A recipe: the demo options that make up one way of training, each a field of DemoOptions below. "paper" is the
+# paper's recipe on the synthvoc preset (two grouping stages, std-0.02 init, pooled noun loss, softmax losses, the
+# shard loader). "fast", the default, is what measurably makes segmentation emerge in 10 CPU minutes (docs/
+# synthvoc.md, eighth round); every way it departs from "paper" is named in results.json and the report.
+RECIPES: dict[str, dict] = {
+    "paper": dict(stages=2, grouping_init="reference", noun_loss="pooled", loss="softmax", noun_positives="own",
+                  deep_noun_loss=0.0, deep_noun_decay=False, text_pool="eot", in_memory=False),
+    "fast": dict(stages=1, grouping_init="fan_in", noun_loss="max_token", loss="sigmoid", noun_positives="shared",
+                 deep_noun_loss=1.0, deep_noun_decay=True, text_pool="eot", in_memory=True),
+}  # fmt: skip
+
+
 @dataclasses.dataclass
 class DemoOptions:
     out: Path = Path("synthvoc_demo")
     minutes: float = 10.0
     data: Path | None = None  # SynthVOC folder (cached); default ~/.cache/groupvit/synthvoc-<seed>
+    recipe: str = "fast"  # a RECIPES name; the fields it sets that are None below are taken from it
     baseline: str | None = None  # "vit": no grouping, same losses
     soft_assignment: bool = False
     multi_label: bool = True
-    stages: int = 2
-    noun_loss: str = "pooled"
-    grouping_init: str = "reference"  # or "fan_in" (a variant: see VisionConfig.grouping_init)
+    stages: int | None = None  # 1 or 2 grouping stages
+    noun_loss: str | None = None  # "pooled" (the paper) or "max_token"
+    grouping_init: str | None = None  # "reference" or "fan_in" (a variant: see VisionConfig.grouping_init)
+    loss: str | None = None  # "softmax" (the paper) or "sigmoid" (SigLIP; TrainConfig.loss)
+    noun_positives: str | None = None  # "own" (the paper) or "shared" (TrainConfig.noun_positives)
+    deep_noun_loss: float | None = None  # weight of the noun loss on the tokens before grouping (0: off)
+    deep_noun_decay: bool | None = None  # decay that weight linearly to zero over the run
+    text_pool: str | None = None  # "eot" (the paper) or "max" (TextConfig.pool)
+    in_memory: bool | None = None  # training scenes decoded once into memory (TrainConfig.in_memory)
     drop_boilerplate_nouns: bool = False  # a variant: no prompts from nouns.BOILERPLATE_WORDS
     seed: int = 0
     train_scenes: int = 20_000
@@ -49,6 +71,22 @@ class DemoOptions:
     config: str | Path | None = None  # YAML file or packaged name (synthvoc_gpu): sections over the preset's
     overrides: tuple[str, ...] = ()  # key=value for the training config
     scene: tuple[str, ...] = ()  # key=value for SceneOptions, over the preset's `scene` section
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
+        for key, value in RECIPES[self.recipe].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+
+    def departures(self) -> dict:
+        """The options that differ from the paper's recipe (none for `--recipe paper` without flags)."""
+        paper = RECIPES["paper"]
+        changed = {key: getattr(self, key) for key in paper if getattr(self, key) != paper[key]}
+        extra = {"baseline": self.baseline, "soft_assignment": self.soft_assignment, "multi_label": self.multi_label,
+                 "drop_boilerplate_nouns": self.drop_boilerplate_nouns}  # fmt: skip
+        default = {"baseline": None, "soft_assignment": False, "multi_label": True, "drop_boilerplate_nouns": False}
+        return changed | {key: value for key, value in extra.items() if value != default[key]}
 
 
 def default_data_dir(seed: int, scene: SceneOptions) -> Path:
@@ -103,7 +141,7 @@ def preset_sections(config: str | Path | None = None) -> tuple[dict, dict, dict]
 
     data = yaml.safe_load((resources.files("groupvit") / "configs" / f"{PRESET}.yaml").read_text())
     if config is not None:
-        mine = yaml.safe_load(read_demo_config(config)) or {}
+        mine = parse_yaml(read_demo_config(config), str(config)) or {}
         if not isinstance(mine, dict) or not all(isinstance(v, dict) for v in mine.values()):
             raise ValueError(f"{config}: expected sections of key: value settings, e.g. 'train: {{batch_size: 256}}'")
         unknown = sorted(set(mine) - set(SECTIONS))
@@ -124,7 +162,7 @@ def scene_options(section: dict, overrides: Sequence[str] = ()) -> SceneOptions:
 
 
 def variant_model(model: dict, options: DemoOptions) -> dict:
-    """The preset's model config with the requested comparison applied."""
+    """The preset's model config with the requested comparison and recipe applied."""
     model = json.loads(json.dumps(model))  # deep copy
     vision = model["vision"]
     if options.baseline == "vit":  # the same number of transformer blocks, no grouping
@@ -140,6 +178,11 @@ def variant_model(model: dict, options: DemoOptions) -> dict:
     if options.soft_assignment:
         vision.update(hard_assignment=False, gumbel=False)
     vision["grouping_init"] = options.grouping_init
+    model["text"]["pool"] = options.text_pool
+    if options.loss == "sigmoid":  # SigLIP's initial temperature (10) and biases (-10), as open_clip
+        model.update(logit_bias=True, logit_scale_init=math.log(10))
+    if options.deep_noun_loss:
+        model["patch_head"] = True
     return model
 
 
@@ -166,7 +209,9 @@ def run_demo(options: DemoOptions) -> dict:
     from .data.nouns import BOILERPLATE_WORDS
     from .data.synthvoc import voc_root
     from .evaluation.datasets import load_dataset
+    from .evaluation.metrics import prompt_similarity
     from .evaluation.run import calibrate_background, evaluate_recognition, evaluate_segmentation
+    from .segmentation import class_text_embeddings
     from .training.config import TrainConfig
     from .training.loop import train
 
@@ -180,7 +225,9 @@ def run_demo(options: DemoOptions) -> dict:
     voc = voc_root(root)
     cfg = TrainConfig.from_dict(
         {**train_section, "model": str(out / "model.yaml"), "data": shards, "minutes": options.minutes,
-         "seed": options.seed, "eval_root": str(voc), "noun_loss": options.noun_loss,
+         "seed": options.seed, "eval_root": str(voc), "noun_loss": options.noun_loss, "loss": options.loss,
+         "noun_positives": options.noun_positives, "deep_noun_loss": options.deep_noun_loss,
+         "deep_noun_decay": options.deep_noun_decay, "in_memory": options.in_memory,
          "noun_stopwords": list(BOILERPLATE_WORDS) if options.drop_boilerplate_nouns else [],
          "multi_label": train_section["multi_label"] if options.multi_label else 0},
         list(options.overrides),
@@ -206,16 +253,19 @@ def run_demo(options: DemoOptions) -> dict:
         minutes=summary["minutes"],
         images_seen=summary["images_seen"],
         steps=summary["steps"],
+        recipe=options.recipe,
         variant={"baseline": options.baseline, "soft_assignment": options.soft_assignment,
-                 "multi_label": options.multi_label, "stages": options.stages, "noun_loss": options.noun_loss,
-                 "grouping_init": options.grouping_init, "drop_boilerplate_nouns": options.drop_boilerplate_nouns,
+                 "multi_label": options.multi_label, "drop_boilerplate_nouns": options.drop_boilerplate_nouns,
+                 **{key: getattr(options, key) for key in RECIPES["paper"]},
                  "config": str(options.config) if options.config else None},
+        departures_from_paper=options.departures(),
         scene=dataclasses.asdict(scene),
         groups_in_use_by_objects={str(k): float(np.mean(v)) for k, v in sorted(by_objects.items())},
         calibration={str(t): m for t, m in curve.items()},
         miou_at_official_threshold=official["miou"],
         # Are the classes recognised at all? Tells weak naming (low) from weak grouping (high, with a low mIoU).
         recognition=evaluate_recognition(model, val, short_side=size),
+        prompt_similarity=prompt_similarity(class_text_embeddings(model, val.class_names), val.class_names),
         curve=summary["eval_history"],
     )  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2))
@@ -253,7 +303,8 @@ def write_report(model, dataset, scenes: dict, result: dict, out: Path, threshol
 <style>body{{font-family:sans-serif;margin:2em}}td{{padding:0 1em}}</style></head><body>
 <h1>SynthVOC zero-shot segmentation</h1>
 <p>Trained on captions only for {result["minutes"]:.1f} minutes ({result["steps"]} steps, {result["images_seen"]}
-image-caption pairs); variant: {html.escape(json.dumps(result["variant"]))}.</p>
+image-caption pairs); recipe <b>{html.escape(result["recipe"])}</b>, departures from the paper's recipe:
+{html.escape(json.dumps(result["departures_from_paper"]) if result["departures_from_paper"] else "none")}.</p>
 <p><b>mIoU {result["miou"]:.2f}</b> on {result["images"]} validation scenes (21 classes with background;
 background threshold {threshold} chosen on the calib split; at the official 0.95:
 {result["miou_at_official_threshold"]:.2f}). Final groups in use per image: {result["groups_in_use"]:.2f}

@@ -288,39 +288,50 @@ def test_packaged_gpu_config_builds_the_scaled_up_model_and_names_are_checked():
 
 
 def test_variant_models_and_ablation_flags():
-    from benchmarks.synthvoc_ablations import VARIANTS, demo_command
+    from benchmarks.synthvoc_ablations import LEVERS, demo_command, selected, variants
     from benchmarks.synthvoc_ablations import build_parser as ablation_parser
     from groupvit.cli import build_parser
     from groupvit.config import GroupViTConfig
-    from groupvit.demo import DemoOptions, preset_sections, variant_model
+    from groupvit.demo import RECIPES, DemoOptions, preset_sections, variant_model
 
     model, train, _ = preset_sections()
     assert train["image_size"] == model["vision"]["image_size"] == train["eval_short_side"]
-    paper = GroupViTConfig.from_dict(variant_model(model, DemoOptions())).vision
-    vit = GroupViTConfig.from_dict(variant_model(model, DemoOptions(baseline="vit"))).vision
-    one = GroupViTConfig.from_dict(variant_model(model, DemoOptions(stages=1))).vision
-    soft = GroupViTConfig.from_dict(variant_model(model, DemoOptions(soft_assignment=True))).vision
+    paper = GroupViTConfig.from_dict(variant_model(model, DemoOptions(recipe="paper"))).vision
+    vit = GroupViTConfig.from_dict(variant_model(model, DemoOptions(recipe="paper", baseline="vit"))).vision
+    one = GroupViTConfig.from_dict(variant_model(model, DemoOptions(recipe="paper", stages=1))).vision
+    soft = GroupViTConfig.from_dict(variant_model(model, DemoOptions(recipe="paper", soft_assignment=True))).vision
     assert vit.num_group_tokens == [0] and vit.num_output_groups == [] and vit.depths == [sum(paper.depths)]
     assert one.num_group_tokens == [paper.num_group_tokens[0], 0] and sum(one.depths) == sum(paper.depths)
     assert paper.hard_assignment and paper.gumbel and not soft.hard_assignment and not soft.gumbel
-    fan_in = GroupViTConfig.from_dict(variant_model(model, DemoOptions(grouping_init="fan_in"))).vision
+    fan_in = GroupViTConfig.from_dict(variant_model(model, DemoOptions(recipe="paper", grouping_init="fan_in"))).vision
     assert paper.grouping_init == "reference" and fan_in.grouping_init == "fan_in"
     with pytest.raises(ValueError, match="stages"):
         variant_model(model, DemoOptions(stages=3))
+    # The paper's recipe is the preset as it stands: nothing of the variants reaches its model.
+    assert variant_model(model, DemoOptions(recipe="paper")) == variant_model(
+        model, DemoOptions(recipe="fast", stages=2, grouping_init="reference", loss="softmax", deep_noun_loss=0)
+    )
+    fast = GroupViTConfig.from_dict(variant_model(model, DemoOptions()))
+    assert fast.logit_bias and fast.patch_head and fast.vision.num_output_groups == [paper.num_output_groups[0]]
+    assert not GroupViTConfig.from_dict(variant_model(model, DemoOptions(recipe="paper"))).logit_bias
     parser = build_parser()
     shared = ablation_parser().parse_args(["--minutes", "2", "--out", "abl", "--scene", "max_objects=2", "lr=5e-4"])
-    for variant in VARIANTS:  # every ablation's command line is one `groupvit demo` takes, with the shared options
-        args = parser.parse_args(demo_command(variant, shared)[3:])
-        assert args.run.__name__ == "_demo" and args.minutes == 2 and args.out == str(Path("abl") / variant)
-        assert args.scene == ["max_objects=2"] and args.overrides == ["lr=5e-4"]
-    alone = ablation_parser().parse_args([])
-    defaults = ablation_parser().parse_args(["--flags", "--grouping-init reference --noun-loss pooled --stages 2"])
-    for variant in VARIANTS:  # the shared flags come first, so a variant's own flags win over them
-        with_flags = parser.parse_args(demo_command(variant, defaults)[3:])
-        assert vars(with_flags) == vars(parser.parse_args(demo_command(variant, alone)[3:]))
-    from_best = ablation_parser().parse_args(["--flags", "--grouping-init fan_in --noun-loss max_token"])
-    args = parser.parse_args(demo_command("soft_assignment", from_best)[3:])
-    assert args.soft_assignment and args.grouping_init == "fan_in" and args.noun_loss == "max_token"
+    for recipe in RECIPES:  # every run's command line is one `groupvit demo` takes, with the shared options
+        for variant in variants(recipe):
+            args = parser.parse_args(demo_command(recipe, variant, shared)[3:])
+            assert args.run.__name__ == "_demo" and args.minutes == 2 and args.recipe == recipe
+            assert args.out == str(Path("abl") / recipe / variant)
+            assert args.scene == ["max_objects=2"] and args.overrides == ["lr=5e-4"]
+    # the shared flags come after the recipe and before the variant's own flags, which win
+    from_variant = ablation_parser().parse_args(["--flags", "--grouping-init fan_in --stages 1"])
+    args = parser.parse_args(demo_command("paper", "stages_1", from_variant)[3:])
+    assert args.recipe == "paper" and args.grouping_init == "fan_in" and args.stages == 1
+    args = parser.parse_args(demo_command("fast", "stages_2", from_variant)[3:])
+    assert args.stages == 2
+    assert selected("paper", "comparisons") == ["base", "vit", "soft_assignment", "no_multi_label", "stages_1"]
+    assert selected("paper", "levers") == [] and selected("fast", "levers") == list(LEVERS)
+    with pytest.raises(ValueError, match="unknown variants"):
+        selected("paper", "shard_loader")
 
 
 def test_ablation_table_names_the_base_of_shared_flags():
@@ -328,8 +339,27 @@ def test_ablation_table_names_the_base_of_shared_flags():
 
     row = {"miou": 8.234, "miou_at_official_threshold": 7.8, "groups_in_use": 3.756, "oracle": {"miou": 32.94},
            "recognition": {"pooled": 40.21}, "images_seen": 115520, "minutes": 10.0}  # fmt: skip
-    plain = table({"paper": row, "vit": row}).splitlines()
-    assert plain[2] == "| paper | 8.2 | 7.8 | 3.76 | 32.9 | 40.2 | 115520 | 10.0 |"
-    assert plain[3].startswith("| vit | 8.2 |")
-    from_variant = table({"paper": row, "vit": row}, flags=["--grouping-init", "fan_in"]).splitlines()
-    assert from_variant[2].startswith("| base (the shared flags) | 8.2 |") and from_variant[3].startswith("| vit |")
+    plain = table({("paper", "base"): row, ("fast", "vit"): row}).splitlines()
+    assert plain[2] == "| paper | base | 8.2 | 7.8 | 3.76 | 32.9 | 40.2 | 115520 | 10.0 |"
+    assert plain[3].startswith("| fast | vit | 8.2 |")
+    from_variant = table({("paper", "base"): row, ("paper", "vit"): row}, flags=["--grouping-init", "fan_in"])
+    assert from_variant.splitlines()[2].startswith("| paper | base (with the shared flags) | 8.2 |")
+
+
+def test_recipes_fill_what_is_not_given_and_name_their_departures():
+    from groupvit.cli import build_parser
+    from groupvit.demo import RECIPES, DemoOptions
+
+    paper = DemoOptions(recipe="paper")
+    assert {key: getattr(paper, key) for key in RECIPES["paper"]} == RECIPES["paper"] and paper.departures() == {}
+    fast = DemoOptions()
+    assert fast.recipe == "fast" and fast.departures() == {
+        key: value for key, value in RECIPES["fast"].items() if value != RECIPES["paper"][key]
+    }
+    mixed = DemoOptions(recipe="paper", loss="sigmoid", soft_assignment=True)
+    assert mixed.departures() == {"loss": "sigmoid", "soft_assignment": True} and mixed.stages == 2
+    with pytest.raises(ValueError, match="unknown recipe 'fastest'"):
+        DemoOptions(recipe="fastest")
+    # The CLI leaves the recipe's parts unset unless a flag says otherwise.
+    args = build_parser().parse_args(["demo", "--recipe", "paper", "--no-in-memory", "--deep-noun-loss", "0.5"])
+    assert args.stages is None and args.in_memory is False and args.deep_noun_loss == 0.5 and args.recipe == "paper"

@@ -82,3 +82,18 @@ def recognition_recall(scores: np.ndarray, present: Sequence[int]) -> float:
         raise ValueError("recognition recall needs at least one class present in the image")
     top = np.argsort(-np.asarray(scores), kind="stable")[: len(present)]
     return len(set(top.tolist()) & set(present)) / len(present)
+
+
+def prompt_similarity(class_embeddings: torch.Tensor, class_names: Sequence[str]) -> dict:
+    """How far apart the text side puts the classes: the mean cosine over every pair of distinct classes and the
+    closest pair. class_embeddings [C, D] L2-normalised (`segmentation.class_text_embeddings`). Early in training
+    from scratch the prompts of different classes embed almost alike (cosine 0.95-0.99): no image can be named."""
+    cosine = class_embeddings @ class_embeddings.t()  # [C, C]
+    C = cosine.shape[0]
+    if C < 2:
+        raise ValueError("prompt similarity needs at least two classes")
+    off = cosine.masked_fill(torch.eye(C, dtype=torch.bool, device=cosine.device), float("-inf"))
+    worst = int(off.argmax())
+    a, b = divmod(worst, C)
+    mean = cosine.sum().item() - cosine.diagonal().sum().item()
+    return {"mean": mean / (C * (C - 1)), "max": off.max().item(), "closest_pair": [class_names[a], class_names[b]]}

@@ -199,7 +199,9 @@ def forever(loader):
 def evaluate(model: GroupViT, cfg: TrainConfig) -> dict:
     """The zero-shot segmentation hook: mIoU and recognition on `eval_root`, images split across ranks."""
     from ..evaluation.datasets import load_dataset
+    from ..evaluation.metrics import prompt_similarity
     from ..evaluation.run import DATASET_DEFAULT, evaluate_recognition, evaluate_segmentation
+    from ..segmentation import class_text_embeddings
 
     dataset = load_dataset(cfg.eval_dataset, cfg.eval_root, cfg.eval_split)
     threshold = DATASET_DEFAULT if cfg.eval_threshold < 0 else cfg.eval_threshold
@@ -208,6 +210,9 @@ def evaluate(model: GroupViT, cfg: TrainConfig) -> dict:
                                    progress=False, short_side=cfg.eval_short_side)  # fmt: skip
     result["recognition"] = evaluate_recognition(model, dataset, short_side=cfg.eval_short_side,
                                                  limit=cfg.eval_images or None)  # fmt: skip
+    with torch.no_grad():
+        classes = class_text_embeddings(model, dataset.class_names)  # [C, D]
+    result["prompt_similarity"] = prompt_similarity(classes, dataset.class_names)
     model.train()
     return result
 
@@ -331,11 +336,15 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         if cfg.eval_every and (done % cfg.eval_every == 0 or last):
             result = evaluate(model, cfg)
             recognition = result["recognition"]["pooled"]  # None when no eval image holds an object class
+            similar = result["prompt_similarity"]
             history.append({"step": done, "minutes": train_seconds / 60, "images_seen": seen, "miou": result["miou"],
-                            "groups_in_use": result["groups_in_use"], "recognition": recognition})  # fmt: skip
+                            "groups_in_use": result["groups_in_use"], "recognition": recognition,
+                            "prompt_cosine_mean": similar["mean"], "prompt_cosine_max": similar["max"]})  # fmt: skip
             if main:
                 writer.add_scalar("eval/miou", result["miou"], done)
                 writer.add_scalar("eval/groups_in_use", result["groups_in_use"], done)
+                writer.add_scalar("eval/prompt_cosine_mean", similar["mean"], done)
+                writer.add_scalar("eval/prompt_cosine_max", similar["max"], done)
                 if recognition is not None:
                     writer.add_scalar("eval/recognition", recognition, done)
                 named = "n/a (no object class)" if recognition is None else f"{recognition:.1f} %"
