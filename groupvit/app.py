@@ -16,6 +16,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import copy
+import functools
 import html
 import shutil
 import signal
@@ -93,6 +94,22 @@ def legend_html(class_names: Sequence[str], labels: np.ndarray) -> str:
     return f'<table class="groupvit-legend"><tr><th></th><th>class</th><th>pixels</th></tr>{"".join(rows)}</table>'
 
 
+def one_line_refusals(handler):
+    """Wrap a page handler: a refused request (gr.Error, or a ValueError about the input) is shown on the page and
+    logged on the server as one line, instead of the traceback gradio prints for every error."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except (gr.Error, ValueError) as e:
+            message = e.message if isinstance(e, gr.Error) else str(e)
+            print(f"groupvit app: refused a request: {' '.join(str(message).split())}", flush=True)
+            raise gr.Error(message, print_exception=False) from None
+
+    return wrapped
+
+
 class SegmentationApp:
     """The page's state (model, segmenter with its text-embedding cache, limits) and its request handler."""
 
@@ -128,6 +145,7 @@ class SegmentationApp:
             raise gr.Error(f"{len(names)} class names given; this page takes at most {self.limits.max_classes}.")
         return names
 
+    @one_line_refusals
     def segment(
         self, path: str | None, classes: str, threshold: float, mode: str
     ) -> tuple[Image.Image, str, Image.Image, str]:

@@ -11,11 +11,13 @@ function per layout covers both directions. Pickles are never unpickled with cod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickletools
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import GroupViTConfig, TextConfig, VisionConfig
+from .config import GroupViTConfig, TextConfig, VisionConfig, list_presets, model_config
 from .model import GroupViT
 
 FORMAT_TAG = "groupvit"
+# Where our config travels in the other layouts: an extra entry of the NVlabs .pth (the reference reads only
+# 'model') and an extra key of transformers' config.json (kept as an attribute there), so a round trip through
+# either layout gives back the same model instead of one inferred from shapes.
+CONFIG_KEY = "groupvit_config"
 # Globals a pickle could use to run code. Anything else unknown becomes an inert placeholder.
 _CODE_MODULES = {"os", "posix", "nt", "subprocess", "sys", "shutil", "importlib", "runpy", "socket", "pty", "code"}
 _CODE_BUILTINS = {"eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr", "breakpoint"}
@@ -252,6 +258,9 @@ def config_from_hf(hf: dict[str, Any]) -> GroupViTConfig:
     n_grouping = sum(1 for n in group_tokens if n > 0)
     width = v.get("hidden_size", 384)
     text_width = t.get("hidden_size", 256)
+    for name, value in (("vision_config.hidden_size", width), ("text_config.hidden_size", text_width)):
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{name} is {value!r}, not a positive integer")
     if v.get("hidden_act", "gelu") != "gelu" or t.get("hidden_act", "quick_gelu") != "quick_gelu":
         raise CheckpointError("only GroupViT's activations (gelu image side, quick_gelu text side) are supported")
     return GroupViTConfig(
@@ -291,6 +300,7 @@ def config_to_hf(cfg: GroupViTConfig) -> dict[str, Any]:
     return {
         "architectures": ["GroupViTModel"],
         "model_type": "groupvit",
+        CONFIG_KEY: cfg.to_dict(),
         "projection_dim": cfg.projection_dim,
         "projection_intermediate_dim": cfg.projection_hidden_dim,
         "logit_scale_init_value": cfg.logit_scale_init,
@@ -383,7 +393,8 @@ def safe_torch_load(path: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         detail = re.search(r"WeightsUnpickler error: (.*?)(?:\n\n|$)", str(e), re.S)
-        reason = detail.group(1).strip() if detail else (str(e).splitlines() or [type(e).__name__])[0]
+        reason = detail.group(1).strip() if detail else (str(e).strip().splitlines() or [""])[0]
+        reason = f"{type(e).__name__}: {reason}" if reason else type(e).__name__
         raise CheckpointError(f"cannot read {path}: truncated or not a PyTorch checkpoint ({reason})") from None
 
 
@@ -405,6 +416,63 @@ def _state_dict_from_pickle(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a transformers config")
+    return data
+
+
+def _json_metadata(text: str | None, path: Path) -> Any:
+    try:
+        return json.loads(text or "")
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the config in its metadata is not valid JSON ({e.msg})") from None
+
+
+# What transformers' config cannot hold; config.json's `CONFIG_KEY` entry gives it back.
+HF_MISSING = ("hard_assignment", "gumbel", "gumbel_tau", "drop_path_rate", "grouping_init")
+
+
+def _stored_config(stored: Any, path: Path) -> GroupViTConfig:
+    """The config a file carries (NVlabs .pth written by us, our training checkpoint, our .safetensors)."""
+    try:
+        return GroupViTConfig.from_dict(stored)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its stored model config is not usable ({e})") from None
+
+
+def _hf_config(hf_config: dict[str, Any], path: Path) -> GroupViTConfig:
+    """transformers' settings, which decide the architecture, with what they cannot hold from our entry if any."""
+    ours = hf_config.get(CONFIG_KEY, {})
+    extra = {k: ours["vision"][k] for k in HF_MISSING if isinstance(ours.get("vision"), dict) and k in ours["vision"]}
+    try:
+        cfg = config_from_hf(hf_config)
+        return dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, **extra))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a usable GroupViT config: {e}") from None
+
+
+def _inferred_config(source: dict[str, torch.Tensor], layout: str, path: Path) -> GroupViTConfig:
+    """`infer_config`, with a warning unless the result is a released architecture (a preset): shapes do not show
+    head counts, drop path, the kind of assignment or the initialisation."""
+    cfg = infer_config(source, layout)
+    known = [cfg.to_dict() == model_config(name).to_dict() for name in list_presets()]
+    if not any(known):
+        warnings.warn(
+            f"{path} carries no model config: it was read off tensor shapes, assuming 64-wide attention heads "
+            f"({cfg.vision.num_heads} image, {cfg.text.heads} text) and defaults for what shapes do not show "
+            "(drop_path_rate, hard assignment); pass config= to load_model if the model differs",
+            stacklevel=3,
+        )
+    return cfg
+
+
 def read_checkpoint(
     path: str | Path, config: GroupViTConfig | None = None
 ) -> tuple[dict[str, torch.Tensor], GroupViTConfig, str]:
@@ -412,24 +480,28 @@ def read_checkpoint(
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
-    hf_config = None
     if path.is_dir():
         config_file = path / "config.json"
         if not config_file.is_file():
             raise CheckpointError(f"{path} is a directory without config.json; expected a transformers GroupViT folder")
-        hf_config = json.loads(config_file.read_text())
+        hf_config = _read_json(config_file)
         if hf_config.get("model_type") != "groupvit":
             raise CheckpointError(f"{config_file} has model_type {hf_config.get('model_type')!r}, not 'groupvit'")
         weights = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
         if not weights:
             raise CheckpointError(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin")
+        config = config or _hf_config(hf_config, config_file)  # checked before the weights are read
         path = weights[0]
+    stored = None  # our config, when the file carries it
     if path.suffix == ".safetensors":
         source, metadata = _read_safetensors(path)
         if metadata.get("format") == FORMAT_TAG:
-            config = config or GroupViTConfig.from_dict(json.loads(metadata["config"]))
+            stored = _json_metadata(metadata.get("config"), path)
     else:
-        source = _state_dict_from_pickle(safe_torch_load(path), path)
+        obj = safe_torch_load(path)
+        source = _state_dict_from_pickle(obj, path)
+        # NVlabs files written by us, and our training checkpoints, carry it
+        stored = next((obj[k] for k in (CONFIG_KEY, "model_config") if isinstance(obj, dict) and k in obj), None)
     if any(k.startswith("img_encoder.") for k in source):
         layout = "nvlabs"
     elif any(k.startswith("vision_model.") for k in source):
@@ -441,7 +513,12 @@ def read_checkpoint(
             f"{path} is not a GroupViT checkpoint: no 'img_encoder.' (NVlabs) or 'vision_model.' "
             f"(transformers) tensors; first keys: {list(source)[:3]}"
         )
-    cfg = config or (config_from_hf(hf_config) if hf_config else infer_config(source, layout))
+    if config is not None:
+        cfg = config
+    elif stored is not None:
+        cfg = _stored_config(stored, path)
+    else:
+        cfg = _inferred_config(source, layout, path)
     with torch.device("meta"):
         skeleton = GroupViT(cfg)
     return import_state_dict(source, skeleton, layout), cfg, layout
@@ -484,13 +561,20 @@ def save_model(model: GroupViT, path: str | Path, layout: str = FORMAT_TAG) -> P
         metadata = {"format": FORMAT_TAG, "config": model.config.to_json()}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     elif layout == "hf":
+        if not model.config.vision.hard_assignment:
+            warnings.warn("transformers' GroupViTModel always assigns tokens to groups hard; this model assigns "
+                          "soft, so it predicts differently there (groupvit reads the folder back as it is)",
+                          stacklevel=2)  # fmt: skip
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in export_state_dict(model, "hf").items()}
         atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         config_json = json.dumps(config_to_hf(model.config), indent=2)
         atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(config_json))
     elif layout == "nvlabs":
-        state = {"model": {k: v.detach().cpu() for k, v in export_state_dict(model, "nvlabs").items()}}
+        state = {
+            "model": {k: v.detach().cpu() for k, v in export_state_dict(model, "nvlabs").items()},
+            CONFIG_KEY: model.config.to_dict(),
+        }
         atomic_write(path, lambda tmp: torch.save(state, tmp))
     else:
         raise ValueError(f"unknown checkpoint layout {layout!r}; choose 'groupvit', 'hf' or 'nvlabs'")

@@ -11,7 +11,7 @@ from PIL import Image
 from .data.augment import eval_transform
 from .image import ImageInput, load_image
 from .model import GroupViT
-from .segmentation import check_class_names, class_text_embeddings
+from .segmentation import MAX_CLASSES, check_class_names, class_text_embeddings
 from .templates import get_templates
 
 
@@ -21,7 +21,7 @@ class ZeroShotClassifier:
     def __init__(self, model: GroupViT, class_names: Sequence[str], templates: str | Sequence[str] = "subset") -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        self.class_names = check_class_names(class_names, unique=False)
+        self.class_names = check_class_names(class_names, unique=False, limit=MAX_CLASSES)
         self.text_embeds = class_text_embeddings(model, self.class_names, get_templates(templates))  # [C, D]
         self.transform = eval_transform(224, resize=256)  # short side 256, centre crop 224 (spec 5.5)
 

@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checkpoint import CheckpointError, atomic_write
+from .checkpoint import atomic_write
+from .checks import (
+    checkpoint_target,
+    describe,
+    exit_code,
+    input_files,
+    output_dir,
+    output_file,
+    port,
+    positive_float,
+    positive_int,
+    unit_float,
+)
 from .config import GROUPING_INITS
+
+# What `segment` writes per image, after the image's name.
+SEGMENT_OUTPUTS = ("_overlay.png", "_labels.png", "_groups.png", ".json")
+# Errors of one image that should not stop a batch: unreadable, degenerate or too large for memory.
+IMAGE_ERRORS = (ValueError, RuntimeError, MemoryError)
 
 
 def _convert(args: argparse.Namespace) -> None:
     from .checkpoint import load_model, save_model
 
+    checkpoint_target(args.dst, args.to, args.overwrite)
     model = load_model(args.src)
     path = save_model(model, args.dst, layout=args.to)
     print(f"wrote {path} ({args.to} layout)")
@@ -76,9 +96,9 @@ def _segment(args: argparse.Namespace) -> int:
     threshold = None if args.no_background else args.background_threshold
     if threshold is None and not args.no_background:
         threshold = BACKGROUND_THRESHOLDS[args.dataset]
-    missing = [p for p in args.images if not Path(p).is_file()]
-    if missing:
-        raise ValueError(f"image not found: {', '.join(missing)}")
+    images = input_files(args.images)
+    stems = _output_stems(images)
+    out = output_dir(args.out, names=[s + o for s in stems for o in SEGMENT_OUTPUTS], overwrite=args.overwrite)
     segmenter = ZeroShotSegmenter(
         _load(args),
         class_names,
@@ -89,20 +109,21 @@ def _segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         autocast_dtype=_dtype(args),
     )
-    out = Path(args.out)
-    failures, stems = 0, set()
-    for path in tqdm(args.images, desc="segment", unit="image", disable=len(args.images) < 2):
+    failures = 0
+    for path, stem in tqdm(list(zip(images, stems, strict=True)), desc="segment", unit="image",
+                           disable=len(images) < 2):  # fmt: skip
         try:
             rgb = load_image(path)
             result = segmenter(rgb)
-        except ValueError as e:
-            print(f"groupvit segment: skipped {path}: {e}", file=sys.stderr)
+            pictures = {
+                f"{stem}_overlay.png": overlay(rgb, result.labels, class_names),
+                f"{stem}_labels.png": label_image(result.labels),
+                f"{stem}_groups.png": group_maps_image(rgb, result.group_maps),
+            }
+        except IMAGE_ERRORS as e:
+            tqdm.write(f"groupvit segment: skipped {path}: {describe(e)}", file=sys.stderr)
             failures += 1
             continue
-        stem = Path(path).stem
-        while stem in stems:
-            stem += "_"
-        stems.add(stem)
         summary = {
             "image": str(path),
             "size": list(rgb.shape[:2]),
@@ -114,34 +135,53 @@ def _segment(args: argparse.Namespace) -> int:
             "refine": args.refine,
             "checkpoint": str(args.checkpoint),
         }
-        pictures = {
-            f"{stem}_overlay.png": overlay(rgb, result.labels, class_names),
-            f"{stem}_labels.png": label_image(result.labels),
-            f"{stem}_groups.png": group_maps_image(rgb, result.group_maps),
-        }
         for name, picture in pictures.items():
             atomic_write(out / name, lambda tmp, pic=picture: pic.save(tmp, format="PNG"))
         atomic_write(out / f"{stem}.json", lambda tmp, s=summary: Path(tmp).write_text(json.dumps(s, indent=2)))
         present = ", ".join(f"{n} {f:.0%}" for n, f in summary["fractions"].items())
         tqdm.write(f"{path}: {present}")
-    print(f"wrote results for {len(args.images) - failures} of {len(args.images)} images to {out}")
+    skipped = f"; {failures} skipped (see above)" if failures else ""
+    print(f"wrote results for {len(images) - failures} of {len(images)} images to {out}{skipped}")
     return 1 if failures else 0
+
+
+def _output_stems(images: Sequence[Path]) -> list[str]:
+    """Each image's output name: its stem, with '_' appended until it differs from the earlier ones."""
+    stems: list[str] = []
+    for path in images:
+        stem = path.stem
+        while stem in stems:
+            stem += "_"
+        stems.append(stem)
+    return stems
 
 
 def _classify(args: argparse.Namespace) -> int:
     from .classification import ZeroShotClassifier
+    from .segmentation import MAX_CLASSES, check_class_names
 
-    classifier = ZeroShotClassifier(_load(args), args.classes.split(","), templates=args.templates)
-    for path in args.images:
-        ranking = classifier(path, top=args.top)
+    class_names = check_class_names(args.classes, unique=False, limit=MAX_CLASSES)
+    images = input_files(args.images)
+    classifier = ZeroShotClassifier(_load(args), class_names, templates=args.templates)
+    failures = 0
+    for path in images:
+        try:
+            ranking = classifier(path, top=args.top)
+        except IMAGE_ERRORS as e:
+            print(f"groupvit classify: skipped {path}: {describe(e)}", file=sys.stderr)
+            failures += 1
+            continue
         print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranking))
-    return 0
+    return 1 if failures else 0
 
 
 def _train(args: argparse.Namespace) -> int:
     from .training.config import TrainConfig
-    from .training.loop import train
+    from .training.loop import CHECKPOINT, PREVIOUS_CHECKPOINT, train
 
+    names = () if args.resume else (CHECKPOINT, PREVIOUS_CHECKPOINT, "model.safetensors")
+    again = "pass --resume to continue that run, --overwrite to start again, or choose another folder"
+    output_dir(args.out, names=names, overwrite=args.overwrite, hint=again)
     overrides = list(args.overrides)
     for key in ("data", "steps", "batch_size", "save_every"):
         value = getattr(args, key)
@@ -158,6 +198,7 @@ def _prepare_nouns(args: argparse.Namespace) -> int:
     from .data.nouns import prepare_nouns
     from .training.data import expand_shards
 
+    output_dir(args.out)
     stats = prepare_nouns(expand_shards(args.shards), args.out, tagger=args.tagger, num_workers=args.workers,
                           skip_existing=args.skip_existing)  # fmt: skip
     print(json.dumps(stats.as_dict(), indent=2))
@@ -175,6 +216,8 @@ def _eval(args: argparse.Namespace) -> int:
     )
     from .training.loop import setup_distributed
 
+    if args.out:
+        output_file(args.out, overwrite=args.overwrite)
     rank, _, _ = setup_distributed()
     if args.dataset == "imagenet":
         from .evaluation.datasets import ImageFolderClassification
@@ -217,6 +260,7 @@ def _write_json(path: str | None, result: dict) -> None:
 def _convert_coco_object(args: argparse.Namespace) -> int:
     from .evaluation.datasets import convert_coco_object
 
+    output_dir(args.out)
     written = convert_coco_object(args.stuff_root, args.out, split=args.split, image_dir=args.images)
     print(f"wrote {written} COCO-Object label maps under {Path(args.out) / 'annotations' / args.split}")
     return 0
@@ -235,8 +279,11 @@ def _app(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoOptions, run_demo
+    from .demo import DEMO_OUTPUTS, DemoOptions, run_demo
 
+    output_dir(args.out, names=DEMO_OUTPUTS, overwrite=args.overwrite)
+    if args.data:
+        output_dir(args.data, "--data")
     options = DemoOptions(
         out=Path(args.out), minutes=args.minutes, data=Path(args.data) if args.data else None, baseline=args.baseline,
         soft_assignment=args.soft_assignment, multi_label=not args.no_multi_label, stages=args.stages,
@@ -253,6 +300,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+DEBUG_HELP = "show the traceback of an error (also GROUPVIT_DEBUG=1)"
+EXIT_CODES = ("exit codes: 0 done; 1 bad data (some inputs skipped or none usable) or a failed run; "
+              "2 a usage error (options, paths, configs, checkpoints, outputs), reported before any work")  # fmt: skip
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="NVlabs .pth, transformers folder or our .safetensors")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -263,11 +315,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="groupvit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="groupvit", description=__doc__, epilog=EXIT_CODES)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="SynthVOC: train on captions only, then segment zero-shot (minutes on a CPU)")
-    p.add_argument("--minutes", type=float, default=10.0, help="training time budget (default: 10)")
+    p.add_argument("--minutes", type=positive_float, default=10.0, help="training time budget (default: 10)")
     p.add_argument(
         "--out", default="synthvoc_demo", help="results.json, report.html, checkpoint (default: synthvoc_demo)"
     )
@@ -287,13 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-boilerplate-nouns", action="store_true",
                    help="no noun prompts from caption filler: 'photo', 'background', 'is'... (variant)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-scenes", type=int, default=20_000, help="training scenes to generate")
-    p.add_argument("--val-scenes", type=int, default=500, help="validation scenes to generate and score")
-    p.add_argument("--workers", type=int,
+    p.add_argument("--train-scenes", type=positive_int, default=20_000, help="training scenes to generate")
+    p.add_argument("--val-scenes", type=positive_int, default=500, help="validation scenes to generate and score")
+    p.add_argument("--workers", type=positive_int,
                    help="processes for data generation and noun tagging (default: one per core)")  # fmt: skip
     p.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
                    help="scene generator option over the preset's, repeatable: max_clutter=0, max_objects=2, "
                         "object_scale=[0.45,0.75] (data cached per setting)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     p.add_argument("overrides", nargs="*", help="training config overrides as key=value, e.g. lr=2e-3")
     p.set_defaults(run=_demo)
 
@@ -301,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="NVlabs .pth, transformers directory, or our .safetensors")
     p.add_argument("dst", help="output path (.safetensors for ours, a directory for hf, .pth for nvlabs)")
     p.add_argument("--to", choices=["groupvit", "hf", "nvlabs"], default="groupvit", help="output layout")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     p.set_defaults(run=_convert)
 
     p = sub.add_parser("info", help="print a model's configuration, parameter count and grouping shapes")
@@ -309,17 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="segment images into the given class names (zero-shot)")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "dog,grass,sky"')
+    p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "dog,grass,sky"; at most '
+                   "255 (the label PNG's palette), each cut to 77 text tokens, with a warning")  # fmt: skip
     p.add_argument("--out", default="segment_out", help="output folder (default: segment_out)")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in --out (default: refuse)")
     p.add_argument("--mode", choices=["slide", "whole"], default="slide", help="slide: the official protocol")
     bg = p.add_mutually_exclusive_group()
-    bg.add_argument("--background-threshold", type=float, help="background below this score (default: --dataset's)")
+    bg.add_argument("--background-threshold", type=unit_float,
+                    help="background below this score, 0-1 (default: --dataset's)")  # fmt: skip
     bg.add_argument("--no-background", action="store_true", help="no background class: every pixel gets a class")
     p.add_argument("--dataset", choices=["voc", "context", "coco_object"], default="voc",
                    help="preset background threshold: voc 0.95, context 0.35, coco_object 0.95")  # fmt: skip
     p.add_argument("--templates", default="simple", choices=["simple", "subset", "full"])
     p.add_argument("--refine", choices=["pamr"], help="optional PAMR refinement (not the official protocol)")
-    p.add_argument("--batch-size", type=int, default=8, help="crops per encoder batch")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="crops per encoder batch")
     _add_model_options(p)
     p.set_defaults(run=_segment)
 
@@ -327,10 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a training YAML, e.g. configs/gcc_yfcc_30e.yaml or configs/synth_cpu.yaml")
     p.add_argument("--data", help="shards like 'cc3m/{000000..000436}.tar' (several joined with ::) or a CSV/TSV")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.safetensors, tensorboard/")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int, dest="batch_size", help="per process")
-    p.add_argument("--save-every", type=int, dest="save_every")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--steps", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, dest="batch_size", help="per process")
+    p.add_argument("--save-every", type=positive_int, dest="save_every")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt (from checkpoint.prev.pt if that one is damaged)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="start again in an --out holding a run (default: refuse)")
     p.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. lr=1e-3 workers=2")
     p.set_defaults(run=_train)
 
@@ -338,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", help="shards like 'cc3m/{000000..000436}.tar' (several joined with ::)")
     p.add_argument("--out", required=True, help="folder for the new shards (same names, plus nouns.json)")
     p.add_argument("--tagger", choices=["spacy", "pattern"], default="spacy")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes, one tagger each")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes, one tagger each")
     p.add_argument("--skip-existing", action="store_true", help="leave shards already written alone")
     p.set_defaults(run=_prepare_nouns)
 
@@ -348,19 +408,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="the dataset folder, e.g. VOCdevkit/VOC2012 or imagenet/val")
     p.add_argument("--split", default="val")
     p.add_argument("--mode", choices=["slide", "whole"], default="slide")
-    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--limit", type=positive_int, help="only the first N images")
     p.add_argument("--out", help="write the results as JSON (miou, pixel_accuracy, per_class in percent)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (default: refuse)")
     p.add_argument("--oracle", action="store_true", help="also score groups named by their majority GT class")
     p.add_argument("--recognition", action="store_true",
                    help="also score recognition: each image's classes among its top-ranked class prompts")  # fmt: skip
     p.add_argument("--refine", choices=["pamr"], help="PAMR refinement (a protocol variant)")
-    p.add_argument("--background-threshold", type=float, help="override the dataset's threshold (a variant)")
-    p.add_argument("--calibrate-background", type=int, metavar="N",
+    p.add_argument("--background-threshold", type=unit_float, help="override the dataset's threshold (a variant)")
+    p.add_argument("--calibrate-background", type=positive_int, metavar="N",
                    help="pick the threshold on N images of --calibration-split (a variant)")  # fmt: skip
     p.add_argument("--calibration-split", default="train")
     p.add_argument("--templates", choices=["simple", "subset", "full"],
                    help="prompt templates (default: simple for segmentation, subset for imagenet)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=8, help="crops per encoder batch")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="crops per encoder batch")
     _add_model_options(p)
     p.set_defaults(run=_eval)
 
@@ -373,9 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="rank class names for whole images (zero-shot, ImageNet protocol)")
     p.add_argument("images", nargs="+")
-    p.add_argument("--classes", required=True, help="comma-separated class names")
+    p.add_argument("--classes", required=True, help="comma-separated class names (at most 1000)")
     p.add_argument("--templates", default="subset", choices=["simple", "subset", "full"])
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=positive_int, default=5, help="classes listed per image (default: 5)")
     _add_model_options(p)
     p.set_defaults(run=_classify)
 
@@ -383,12 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="trained weights (any layout load_model reads), or a preset name for "
                    "untrained random weights (default: random gcc_yfcc; the page warns)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=port, default=7860)
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when a GPU is visible, else cpu")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest upload, in pixels")
-    p.add_argument("--max-classes", type=int, default=30, help="most class names per request")
-    p.add_argument("--max-upload-mb", type=int, default=32, help="largest upload, in MiB")
+    p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest upload, in pixels")
+    p.add_argument("--max-classes", type=positive_int, default=30, help="most class names per request (at most 255)")
+    p.add_argument("--max-upload-mb", type=positive_int, default=32, help="largest upload, in MiB")
     p.set_defaults(run=_app)
+    for p in sub.choices.values():  # --debug also after the subcommand; SUPPRESS keeps the top-level value
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
@@ -400,8 +463,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides += unknown
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    try:
-        return args.run(args) or 0
-    except (CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"groupvit {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    debug = args.debug or os.environ.get("GROUPVIT_DEBUG", "0") not in ("", "0")
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(args.command)
+        try:
+            return args.run(args) or 0
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print(f"groupvit {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:  # one line and an exit code instead of a traceback (groupvit/checks.py)
+            if debug:
+                raise
+            print(f"groupvit {args.command}: error: {describe(e)}", file=sys.stderr)
+            return exit_code(e)
+
+
+def _one_line_warning(command: str):
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"groupvit {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    return show

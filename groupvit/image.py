@@ -14,6 +14,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_PIXELS = 64_000_000
+# Long side over short side. The protocols resize the short side to 448 (segmentation) or 256 (classification),
+# so a thin strip would become a huge intermediate (a 40000x1 PNG of 198 bytes: 10 GB) or, with the long side
+# capped at 2048, a side of less than one pixel. At 50 the short side stays at least 40 px (over two patches).
+MAX_ASPECT_RATIO = 50
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -49,11 +53,7 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS, formats: Sequenc
         except (UnidentifiedImageError, OSError) as e:
             kind = "an image Pillow can read" if formats is None else f"a {', '.join(formats)} image"
             raise ValueError(f"{path} is not {kind} ({e})") from None
-        if pil.width * pil.height > max_pixels:
-            raise ValueError(
-                f"{path} is {pil.width}x{pil.height} = {pil.width * pil.height / 1e6:.3g} megapixels, over the "
-                f"limit of {max_pixels / 1e6:g}; downscale it first"
-            )
+        check_size(pil.width, pil.height, max_pixels, str(path))  # from the header, before decoding
         try:
             pil = ImageOps.exif_transpose(pil)
             pil.load()
@@ -71,20 +71,29 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS, formats: Sequenc
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"expected an image array [H, W], [H, W, 3] or [H, W, 4], got shape {image.shape}")
-    if image.shape[0] * image.shape[1] > max_pixels:
-        raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} pixels is over the limit of {max_pixels:,}")
     if min(image.shape[:2]) < 1:
         raise ValueError(f"empty image of shape {image.shape}")
+    check_size(image.shape[1], image.shape[0], max_pixels)
     image = _to_uint8(image)
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     return np.ascontiguousarray(image[:, :, :3])
 
 
+def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS, name: str = "the image") -> None:
+    """Refuse an image over `max_pixels` or MAX_ASPECT_RATIO, saying what to do."""
+    if width * height > max_pixels:
+        raise ValueError(f"{name} is {width}x{height} = {width * height / 1e6:.3g} megapixels, over the limit of "
+                         f"{max_pixels / 1e6:g}; downscale it first")  # fmt: skip
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ValueError(f"{name} is {width}x{height}, more than {MAX_ASPECT_RATIO} times longer than wide; crop it "
+                         "into pieces first")  # fmt: skip
+
+
 def rescale_size(height: int, width: int, short_side: int = 448, long_side: int = 2048) -> tuple[int, int]:
-    """mmcv's keep-ratio rescale: factor min(long/long side, short/short side), sizes rounded half up."""
+    """mmcv's keep-ratio rescale: factor min(long/long side, short/short side), sizes rounded half up (at least 1)."""
     factor = min(long_side / max(height, width), short_side / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
 def to_tensor(image: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ how calibration and the benchmarks try many options on one encoder pass.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -28,24 +29,29 @@ from .naming import Naming, area_filter, name_pixels, threshold_vector
 from .naming import background_channel as background_channel  # re-exported: the protocol's steps
 from .naming import group_class_affinity as group_class_affinity
 from .templates import get_templates
-from .tokenizer import tokenize
+from .tokenizer import CONTEXT_LENGTH, tokenize
+from .tokenizer import encode as token_ids
 
-MAX_CLASSES = 1000
+MAX_CLASSES = 1000  # zero-shot classification (ImageNet has 1000)
+MAX_SEGMENT_CLASSES = 255  # a label PNG's palette holds 0 (background) to 255
+# Per-pixel results at the image's own size (scores [C + 1, H, W], labels, group maps) may take at most this much
+# memory; a larger image is refused before any encoder pass (downscale it, or name fewer classes).
+MAX_RESULT_BYTES = 4 << 30
 # Background thresholds of the released evaluation configs (spec 5.3).
 BACKGROUND_THRESHOLDS = {"voc": 0.95, "context": 0.35, "coco_object": 0.95}
 
 
-def check_class_names(class_names: Sequence[str], unique: bool = True) -> list[str]:
-    """Strip names and reject empty lists, blank names, over MAX_CLASSES names and (with `unique`) duplicates.
+def check_class_names(class_names: Sequence[str], unique: bool = True, limit: int = MAX_SEGMENT_CLASSES) -> list[str]:
+    """Strip names and reject empty lists, blank names, over `limit` names and (with `unique`) duplicates.
 
-    Classification allows duplicates: CLIP's ImageNet names repeat 'missile' and 'sunglasses'."""
+    Classification allows duplicates (CLIP's ImageNet names repeat 'missile' and 'sunglasses') and MAX_CLASSES."""
     if isinstance(class_names, str):
         class_names = class_names.split(",")
     names = [str(n).strip() for n in class_names]
     if not names:
         raise ValueError("no class names given; pass e.g. 'dog,grass,sky'")
-    if len(names) > MAX_CLASSES:
-        raise ValueError(f"{len(names)} class names given; at most {MAX_CLASSES} are supported")
+    if len(names) > limit:
+        raise ValueError(f"{len(names)} class names given; at most {limit} are supported")
     if any(not n for n in names):
         raise ValueError(f"empty class name in {list(class_names)!r}; remove stray commas")
     seen: dict[str, str] = {}
@@ -64,9 +70,31 @@ def class_text_embeddings(
     embeddings, then normalised, as the reference does (spec 5.1; CLIP normalises before averaging)."""
     device = next(model.parameters()).device
     prompts = [t.format(name) for name in class_names for t in templates]
+    warn_if_cut(class_names, templates)
     ids = tokenize(prompts).to(device)
     embeds = torch.cat([model.encode_text(chunk).float() for chunk in ids.split(batch_size)])
     return F.normalize(embeds.view(len(class_names), len(templates), -1).mean(dim=1), dim=-1)
+
+
+def warn_if_cut(class_names: Sequence[str], templates: Sequence[str]) -> None:
+    """Warn, naming them, about class names whose longest prompt passes the text encoder's 77 tokens: the prompt
+    is cut there (as the reference does), so the end of the name is not read."""
+    cut = [n for n in class_names if any(len(token_ids(t.format(n))) + 2 > CONTEXT_LENGTH for t in templates)]
+    if cut:
+        shown = ", ".join(repr(n if len(n) <= 40 else n[:40] + "...") for n in cut[:3])
+        more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
+        warnings.warn(f"{len(cut)} class name(s) pass the text encoder's {CONTEXT_LENGTH} tokens with their prompt "
+                      f"and are cut: {shown}{more}; shorten them", stacklevel=3)  # fmt: skip
+
+
+def check_result_size(height: int, width: int, classes: int) -> None:
+    """Refuse an image whose per-pixel results at its own size would pass MAX_RESULT_BYTES: float scores and
+    upsampled logits per class (with background), labels and group maps (int64)."""
+    need = height * width * (8 * (classes + 1) + 32)
+    if need > MAX_RESULT_BYTES:
+        raise ValueError(f"a {width}x{height} image with {classes} classes needs about {need / 2**30:.1f} GiB for its "
+                         f"per-pixel results (limit {MAX_RESULT_BYTES / 2**30:g} GiB); downscale it or name fewer "
+                         "classes")  # fmt: skip
 
 
 def token_grid(num_tokens: int, height: int, width: int) -> tuple[int, int]:
@@ -320,6 +348,7 @@ class ZeroShotSegmenter:
         """Resize and run the encoder passes (no class is scored yet). members: also encode the final groups'
         members, which hierarchical naming needs (default: whether `naming.hierarchical` is set)."""
         rgb = load_image(image)
+        check_result_size(*rgb.shape[:2], len(self.class_names))
         pixels = to_tensor(rgb, rescale_size(*rgb.shape[:2], self.short_side, self.long_side))
         return self.encode_pixels(pixels, rgb.shape[:2], members)
 

@@ -7,6 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+# A legend stays bounded whatever the class list: names are shortened to this many characters, and entries past
+# the row limit are summed up in a last row.
+MAX_LEGEND_NAME = 40
+MAX_LEGEND_ROWS = 40
+
 
 def voc_palette(n: int = 256) -> np.ndarray:
     """The PASCAL VOC colour map [n, 3] uint8: class i's bits spread over the high bits of R, G, B."""
@@ -52,17 +57,27 @@ def _font(size: int = 14) -> ImageFont.ImageFont:
 
 
 def add_legend(image: Image.Image, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> Image.Image:
-    """Append a legend column (colour swatch + name per entry) to the right of `image`."""
+    """Append a legend column (colour swatch + name per entry) to the right of `image`; at most MAX_LEGEND_ROWS
+    rows of names of at most MAX_LEGEND_NAME characters."""
     font, row = _font(), 20
-    width = 24 + max((int(ImageDraw.Draw(image).textlength(name, font=font)) for name, _ in entries), default=0)
-    canvas = Image.new("RGB", (image.width + width + 12, max(image.height, row * len(entries) + 8)), "white")
+    keep = len(entries) if len(entries) <= MAX_LEGEND_ROWS else MAX_LEGEND_ROWS - 1
+    rows = [(_short(name), color) for name, color in entries[:keep]]
+    if keep < len(entries):
+        rows.append((f"... and {len(entries) - keep} more", None))
+    width = 24 + max((int(ImageDraw.Draw(image).textlength(name, font=font)) for name, _ in rows), default=0)
+    canvas = Image.new("RGB", (image.width + width + 12, max(image.height, row * len(rows) + 8)), "white")
     canvas.paste(image.convert("RGB"), (0, 0))
     draw = ImageDraw.Draw(canvas)
-    for i, (name, color) in enumerate(entries):
+    for i, (name, color) in enumerate(rows):
         y = 4 + i * row
-        draw.rectangle([image.width + 6, y + 2, image.width + 20, y + 16], fill=tuple(int(c) for c in color))
+        if color is not None:
+            draw.rectangle([image.width + 6, y + 2, image.width + 20, y + 16], fill=tuple(int(c) for c in color))
         draw.text((image.width + 26, y + 1), name, fill="black", font=font)
     return canvas
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= MAX_LEGEND_NAME else name[: MAX_LEGEND_NAME - 3] + "..."
 
 
 def overlay(

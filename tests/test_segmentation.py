@@ -83,9 +83,10 @@ def test_token_grid_non_square(tokens, height, width, grid):
 def test_class_name_checks():
     assert check_class_names(" dog, grass ,sky") == ["dog", "grass", "sky"]
     for bad, message in [("", "empty class name"), ([], "no class names"), ("dog,Dog", "duplicate"),
-                         ("dog,,cat", "empty"), ([f"c{i}" for i in range(1001)], "at most 1000")]:  # fmt: skip
+                         ("dog,,cat", "empty"), ([f"c{i}" for i in range(256)], "at most 255")]:  # fmt: skip
         with pytest.raises(ValueError, match=message):
             check_class_names(bad)
+    assert len(check_class_names([f"c{i}" for i in range(1000)], limit=1000)) == 1000  # classification's limit
 
 
 # ----------------------------------------------------------------------------- against transformers

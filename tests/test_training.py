@@ -173,7 +173,7 @@ def test_webdataset_shard_with_broken_samples(dataset, tmp_path):
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(dataset, tmp_path):
     run = subprocess.run(train_cmd(dataset, tmp_path, "--steps", "8", "--batch-size", "8", "--save-every", "1",
                                    "lr=1e30", "warmup_steps=0"), capture_output=True, text=True)  # fmt: skip
-    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.returncode == 1 and "Traceback" not in run.stderr  # a failed run, not a usage error
     assert "at step" in run.stderr and "last good checkpoint" in run.stderr
     step = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"]
     assert 1 <= step < 8

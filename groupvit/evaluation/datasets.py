@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..checks import DataError
 from ..segmentation import BACKGROUND_THRESHOLDS
 
 IGNORE_INDEX = 255
@@ -150,9 +151,9 @@ def read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as pil:
             return np.asarray(pil.convert("RGB"))
     except FileNotFoundError:
-        raise ValueError(f"image not found: {path}") from None
+        raise DataError(f"image not found: {path}") from None
     except OSError as e:
-        raise ValueError(f"cannot read image {path} ({e})") from None
+        raise DataError(f"cannot read image {path} ({e})") from None
 
 
 def read_label_png(path: Path) -> np.ndarray:
@@ -162,9 +163,9 @@ def read_label_png(path: Path) -> np.ndarray:
             mode = pil.mode
             raw = np.asarray(pil)
     except FileNotFoundError:
-        raise ValueError(f"label file not found: {path}") from None
+        raise DataError(f"label file not found: {path}") from None
     except OSError as e:
-        raise ValueError(f"cannot read label file {path} ({e})") from None
+        raise DataError(f"cannot read label file {path} ({e})") from None
     if raw.ndim != 2:
         raise ValueError(
             f"label file {path} is a {mode} colour image; expected one label per pixel (a palette or grayscale "
