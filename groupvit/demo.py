@@ -26,8 +26,6 @@ from .data.synthvoc import SceneOptions
 PRESET = "synthvoc"  # groupvit/configs/synthvoc.yaml: model and train sections
 # The results a demo run writes in its --out; the command refuses a folder holding any without --overwrite.
 DEMO_OUTPUTS = ("results.json", "report.html", "model.safetensors", "checkpoint.pt")
-# The results a demo run writes in its --out; the command refuses a folder holding any without --overwrite.
-DEMO_OUTPUTS = ("results.json", "report.html", "model.safetensors", "checkpoint.pt")
 
 
 def usable_cores() -> int:
