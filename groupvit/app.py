@@ -2,7 +2,7 @@
 
 One model is loaded at start; class text embeddings are computed once per vocabulary and shared by all requests.
 Uploads and result pictures live in a temporary folder made for this server and removed when it stops; the
-handler reads nothing else. Without trained weights (`--checkpoint` missing or naming a preset) the page says,
+handler reads nothing else. Without trained weights (no `--checkpoint`, or `--random-init PRESET`) the page says,
 at the top, that it shows untrained random weights.
 """
 
@@ -33,9 +33,10 @@ import torch
 from PIL import Image
 
 from .checkpoint import load_model
-from .config import list_presets, model_config
 from .image import load_image
 from .model import GroupViT
+from .pretrained import PRETRAINED
+from .pretrained import random_init as random_init_model
 from .segmentation import BACKGROUND_THRESHOLDS, ZeroShotSegmenter, check_class_names
 from .viz import group_maps_image, overlay, voc_palette
 
@@ -61,22 +62,25 @@ class Limits:
     max_side: int = 1024
 
 
-def load_app_model(checkpoint: str | None, device: str) -> tuple[GroupViT, str, str | None]:
-    """(model, what it is, warning for the page or None). `checkpoint` is a file or folder `load_model` reads, a
-    preset name (random weights of that architecture), or None for the `gcc_yfcc` preset."""
-    if checkpoint is not None and Path(checkpoint).exists():
-        model = load_model(checkpoint, device=device)
+def load_app_model(
+    checkpoint: str | None, device: str, random_init: str | None = None, source: str | None = None
+) -> tuple[GroupViT, str, str | None]:
+    """(model, what it is, warning for the page or None). `checkpoint` is anything `load_model` reads (a file, a
+    folder, released weights by name); without it, untrained random weights of the `random_init` preset
+    (default gcc_yfcc)."""
+    if checkpoint is not None:
+        model = load_model(checkpoint, device=device, source=source)
+        entry = PRETRAINED.get(checkpoint.partition("@")[0])
+        if entry and not Path(checkpoint).exists():
+            return model, f"released `{checkpoint}` weights ({entry.licence})", None
         return model, f"`{Path(checkpoint).name}`", None
-    preset = checkpoint or DEFAULT_PRESET
-    if preset not in list_presets():
-        presets = ", ".join(list_presets())
-        raise ValueError(f"--checkpoint {checkpoint!r} is neither a checkpoint file/folder nor a preset ({presets})")
-    torch.manual_seed(0)  # the same random model on every start
-    model = GroupViT(model_config(preset)).to(device).eval()
+    preset = random_init or DEFAULT_PRESET
+    model = random_init_model(preset, device)  # the same random model on every start
     warning = (
         f"Untrained random weights ({preset} architecture): the pictures show how the pipeline works, not what "
-        "GroupViT learns. No released weights are downloaded; restart with `--checkpoint` naming trained weights "
-        "(the model.safetensors of `groupvit train`, an NVlabs .pth or a transformers folder)."
+        "GroupViT learns. Restart with `--checkpoint gcc_yfcc` for the released weights (downloaded once) or "
+        "`--checkpoint` naming trained weights (the model.safetensors of `groupvit train`, an NVlabs .pth or a "
+        "transformers folder)."
     )
     return model, f"random `{preset}` preset", warning
 
@@ -244,12 +248,14 @@ def run_app(
     port: int = 7860,
     device: str | None = None,
     limits: Limits = Limits(),
+    random_init: str | None = None,
+    source: str | None = None,
 ) -> None:
     """Serve the page until interrupted. device: 'cpu', 'cuda', or None for a GPU when there is one."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    model, description, warning = load_app_model(checkpoint, device)
+    model, description, warning = load_app_model(checkpoint, device, random_init, source)
     if warning:
         print(f"groupvit app: {warning}", flush=True)
     temp_dir = tempfile.mkdtemp(prefix="groupvit-app-")

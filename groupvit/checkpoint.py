@@ -524,12 +524,21 @@ def read_checkpoint(
     return import_state_dict(source, skeleton, layout), cfg, layout
 
 
-def load_model(path: str | Path, config: GroupViTConfig | None = None, device: str | torch.device = "cpu") -> GroupViT:
-    """Load a GroupViT from an NVlabs `.pth`, a transformers directory or our `.safetensors`; eval mode.
+def load_model(
+    name_or_path: str | Path,
+    config: GroupViTConfig | None = None,
+    device: str | torch.device = "cpu",
+    source: str | None = None,
+) -> GroupViT:
+    """Load a GroupViT in eval mode from an NVlabs `.pth`, a transformers directory, our `.safetensors`, or released
+    weights by name: `gcc_yfcc`, `gcc_redcaps` (`source` or `NAME@nvlabs` picks the source), `hf-hub:ORG/REPO[@REV]`.
+    Released weights are downloaded, verified and cached on first use (`groupvit.pretrained`).
 
     `config` overrides the config read from (or inferred for) the file, e.g. for unusual head counts.
     """
-    state_dict, cfg, _ = read_checkpoint(path, config)  # already checked against the architecture
+    from .pretrained import resolve  # it imports this module
+
+    state_dict, cfg, _ = read_checkpoint(resolve(name_or_path, source), config)  # checked against the architecture
     with torch.device("meta"):
         model = GroupViT(cfg)
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}

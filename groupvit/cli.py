@@ -23,7 +23,7 @@ from .checks import (
     positive_int,
     unit_float,
 )
-from .config import GROUPING_INITS
+from .config import GROUPING_INITS, list_presets
 
 # What `segment` writes per image, after the image's name.
 SEGMENT_OUTPUTS = ("_overlay.png", "_labels.png", "_groups.png", ".json")
@@ -35,7 +35,7 @@ def _convert(args: argparse.Namespace) -> None:
     from .checkpoint import load_model, save_model
 
     checkpoint_target(args.dst, args.to, args.overwrite)
-    model = load_model(args.src)
+    model = load_model(args.src, source=args.source)
     path = save_model(model, args.dst, layout=args.to)
     print(f"wrote {path} ({args.to} layout)")
 
@@ -44,10 +44,12 @@ def _info(args: argparse.Namespace) -> None:
     import torch
 
     from .checkpoint import load_model
-    from .config import list_presets, model_config
+    from .config import model_config
     from .model import GroupViT
 
-    if args.model in list_presets() or args.model.endswith((".yaml", ".yml")):
+    if args.checkpoint:
+        model = load_model(args.checkpoint, source=args.source)
+    elif args.model in list_presets() or args.model.endswith((".yaml", ".yml")):
         model = GroupViT(model_config(args.model)).eval()
     else:
         model = load_model(args.model)
@@ -65,15 +67,21 @@ def _load(args: argparse.Namespace):
     import torch
 
     from .checkpoint import load_model
+    from .pretrained import random_init
 
-    if not args.checkpoint:
+    if not args.checkpoint and not args.random_init:
         raise ValueError(
-            "no --checkpoint given: pass an NVlabs .pth, a transformers folder or a .safetensors file "
-            "(released weights: group_vit_gcc_yfcc_30e-879422e0.pth; nothing is downloaded automatically)"
+            "no --checkpoint given: pass released weights by name (gcc_yfcc, gcc_redcaps; see `groupvit list`), an "
+            "NVlabs .pth, a transformers folder or a .safetensors file; --random-init PRESET for untrained weights"
         )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    model = load_model(args.checkpoint, device=args.device)
+    if args.random_init:
+        print(f"groupvit {args.command}: warning: untrained random weights ({args.random_init} architecture)",
+              file=sys.stderr)  # fmt: skip
+        model = random_init(args.random_init, device=args.device)
+    else:
+        model = load_model(args.checkpoint, device=args.device, source=args.source)
     return model.compile_encoders() if args.compile else model
 
 
@@ -133,7 +141,7 @@ def _segment(args: argparse.Namespace) -> int:
             "mode": args.mode,
             "background_threshold": threshold,
             "refine": args.refine,
-            "checkpoint": str(args.checkpoint),
+            "checkpoint": args.checkpoint or f"random-init {args.random_init}",
         }
         for name, picture in pictures.items():
             atomic_write(out / name, lambda tmp, pic=picture: pic.save(tmp, format="PNG"))
@@ -271,10 +279,31 @@ def _app(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("gradio") is None:
         raise ValueError("the app needs gradio: pip install -c constraints.txt -e '.[demo]'")
+    if args.checkpoint:  # fetched first: importing the app switches huggingface_hub offline (for gradio)
+        from .pretrained import resolve
+
+        resolve(args.checkpoint, args.source)
     from .app import Limits, run_app
 
     limits = Limits(max_pixels=args.max_pixels, max_classes=args.max_classes, max_file_size=args.max_upload_mb << 20)
-    run_app(args.checkpoint, host=args.host, port=args.port, device=args.device, limits=limits)
+    run_app(args.checkpoint, host=args.host, port=args.port, device=args.device, limits=limits,
+            random_init=args.random_init, source=args.source)  # fmt: skip
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from .pretrained import PRETRAINED, download
+
+    path = download(args.name, args.source)
+    entry = PRETRAINED.get(args.name.partition("@")[0])
+    print(f"{args.name}: {path}" + (f" (licence: {entry.licence})" if entry else ""))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .pretrained import table
+
+    print(table())
     return 0
 
 
@@ -305,8 +334,28 @@ EXIT_CODES = ("exit codes: 0 done; 1 bad data (some inputs skipped or none usabl
               "2 a usage error (options, paths, configs, checkpoints, outputs), reported before any work")  # fmt: skip
 
 
+CHECKPOINT_HELP = ("released weights by name: gcc_yfcc, gcc_redcaps (NVIDIA's, non-commercial licence; downloaded "
+                   "once, `groupvit list`), NAME@nvlabs, hf-hub:ORG/REPO[@REV]; or an NVlabs .pth, a transformers "
+                   "folder or our .safetensors")  # fmt: skip
+SOURCE_HELP = ("where released weights come from: hf (the Hugging Face Hub) or nvlabs (the release .pth, which keeps "
+               "the multi-label temperature); default: hf, then nvlabs")  # fmt: skip
+
+
+def _add_source_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", choices=["hf", "nvlabs"], help=SOURCE_HELP)
+
+
+def _add_weights_options(p: argparse.ArgumentParser, checkpoint_help: str = CHECKPOINT_HELP) -> None:
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", help=checkpoint_help)
+    presets = list_presets()
+    weights.add_argument("--random-init", metavar="PRESET", choices=presets,
+                         help=f"untrained random weights of a preset architecture: {', '.join(presets)}")  # fmt: skip
+    _add_source_option(p)
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="NVlabs .pth, transformers folder or our .safetensors")
+    _add_weights_options(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="float16 autocast (GPU)")
@@ -352,15 +401,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("convert", help="convert an NVlabs .pth or transformers folder to another layout")
-    p.add_argument("src", help="NVlabs .pth, transformers directory, or our .safetensors")
+    p.add_argument("src", help="NVlabs .pth, transformers directory, our .safetensors, or released weights by name "
+                   "(gcc_yfcc, gcc_redcaps, NAME@nvlabs, hf-hub:ORG/REPO)")  # fmt: skip
+    _add_source_option(p)
     p.add_argument("dst", help="output path (.safetensors for ours, a directory for hf, .pth for nvlabs)")
     p.add_argument("--to", choices=["groupvit", "hf", "nvlabs"], default="groupvit", help="output layout")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     p.set_defaults(run=_convert)
 
     p = sub.add_parser("info", help="print a model's configuration, parameter count and grouping shapes")
-    p.add_argument("model", help="a preset name (gcc_yfcc, gcc_redcaps, small), a YAML config or a checkpoint")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("model", nargs="?", help="an architecture: a preset name (gcc_yfcc, gcc_redcaps, small) or a "
+                      "YAML config (random weights, nothing downloaded); or a checkpoint file or folder")  # fmt: skip
+    what.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    _add_source_option(p)
     p.set_defaults(run=_info)
+
+    p = sub.add_parser("download", help="fetch released weights into the cache ahead of time and print where")
+    p.add_argument("name", help="gcc_yfcc or gcc_redcaps (NVIDIA's, non-commercial licence), NAME@nvlabs, or "
+                   "hf-hub:ORG/REPO[@REV]")  # fmt: skip
+    _add_source_option(p)
+    p.set_defaults(run=_download)
+
+    p = sub.add_parser("list", help="released weights: names, sources, sizes, licences, and which are cached")
+    p.set_defaults(run=_list)
 
     p = sub.add_parser("segment", help="segment images into the given class names (zero-shot)")
     p.add_argument("images", nargs="+", help="image files")
@@ -441,8 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_classify)
 
     p = sub.add_parser("app", help="a web page (Gradio) to segment photos into any words and see the groups")
-    p.add_argument("--checkpoint", help="trained weights (any layout load_model reads), or a preset name for "
-                   "untrained random weights (default: random gcc_yfcc; the page warns)")  # fmt: skip
+    _add_weights_options(p, CHECKPOINT_HELP + " (default: untrained random gcc_yfcc weights; the page warns)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=port, default=7860)
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when a GPU is visible, else cpu")

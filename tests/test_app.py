@@ -131,10 +131,13 @@ def test_model_is_a_checkpoint_or_a_preset_with_a_warning(small_checkpoint, smal
     assert warning is None and description == "`small.safetensors`"
     expected = small_model.state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in model.state_dict().items())
-    _, description, warning = load_app_model("small", "cpu")
+    _, description, warning = load_app_model(None, "cpu", random_init="small")
     assert "random `small` preset" in description and "Untrained random weights (small architecture)" in warning
-    with pytest.raises(ValueError, match="neither a checkpoint file/folder nor a preset"):
+    assert "--checkpoint gcc_yfcc" in warning  # how to get the released weights
+    with pytest.raises(ValueError, match=r"checkpoint not found: no_such_model\.safetensors"):
         load_app_model("no_such_model.safetensors", "cpu")
+    with pytest.raises(ValueError, match=r"'small' is a model preset without released weights.*--random-init small"):
+        load_app_model("small", "cpu")  # random weights only when asked for by name
 
 
 def test_page_shows_the_random_weights_warning(small_model, tmp_path):
@@ -148,7 +151,7 @@ def test_page_shows_the_random_weights_warning(small_model, tmp_path):
 def test_cli_app_reports_a_bad_checkpoint():
     result = subprocess.run([sys.executable, "-m", "groupvit", "app", "--checkpoint", "nope"], capture_output=True,
                             text=True)  # fmt: skip
-    assert result.returncode == 2 and "neither a checkpoint file/folder nor a preset" in result.stderr
+    assert result.returncode == 2 and "checkpoint not found: nope" in result.stderr
 
 
 # ----------------------------------------------------------------------------- the page in a browser
