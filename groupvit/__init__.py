@@ -4,6 +4,7 @@ from .checkpoint import CheckpointError, load_model, save_model
 from .classification import ZeroShotClassifier
 from .config import GroupViTConfig, TextConfig, VisionConfig, model_config
 from .model import GroupViT, ImageGroups
+from .pretrained import list_pretrained
 from .segmentation import SegmentationResult, ZeroShotSegmenter
 from .tokenizer import tokenize
 
@@ -19,6 +20,7 @@ __all__ = [
     "VisionConfig",
     "ZeroShotClassifier",
     "ZeroShotSegmenter",
+    "list_pretrained",
     "load_model",
     "model_config",
     "save_model",

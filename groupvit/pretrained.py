@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from .checkpoint import CheckpointError
+from .config import list_presets
 from .model import GroupViT
 
 NVIDIA_NC = "NVIDIA Source Code License-NC: non-commercial use (research or evaluation) only"
@@ -132,8 +133,8 @@ def parse(spec: str, source: str | None = None) -> tuple[Pretrained, list[Source
 
 def resolve(name_or_path: str | Path, source: str | None = None) -> Path:
     """A checkpoint path, released name (`gcc_yfcc`, `gcc_yfcc@nvlabs`) or `hf-hub:ORG/REPO[@REV]` -> a local
-    path `read_checkpoint` takes. Released weights are fetched and verified on first use, then read from the cache.
-    `source` ('hf' or 'nvlabs') picks one source of a released name."""
+    path `read_checkpoint` takes (an existing path wins over a name). Released weights are fetched and verified on
+    first use, then read from the cache. `source` ('hf' or 'nvlabs') picks one source of a released name."""
     spec = str(name_or_path)
     if Path(spec).expanduser().exists():
         if source:
@@ -142,8 +143,6 @@ def resolve(name_or_path: str | Path, source: str | None = None) -> Path:
     parsed = parse(spec, source)
     if parsed is not None:
         return _fetch_first(*parsed)
-    from .config import list_presets
-
     if spec in list_presets():
         raise CheckpointError(
             f"{spec!r} is a model preset without released weights; for untrained random weights of that "
@@ -184,8 +183,7 @@ def fetch(src: Source) -> Path:
     if src.kind == "nvlabs":
         return _fetch_nvlabs(src)
     if src.kind == "package":
-        path = Path(str(resources.files("groupvit") / src.location))
-        if not path.is_file():
+        if (path := cached(src)) is None:
             raise DownloadError(f"{src.location} is missing from the installed package; reinstall groupvit")
         return path
     raise ValueError(f"unknown source kind {src.kind!r}; expected one of {SOURCE_KINDS}")
@@ -197,7 +195,8 @@ def cached(src: Source) -> Path | None:
         path = cache_dir() / src.location
         return path if path.is_file() else None
     if src.kind == "package":
-        return fetch(src)
+        path = Path(str(resources.files("groupvit") / src.location))
+        return path if path.is_file() else None
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
@@ -289,14 +288,14 @@ def _fetch_nvlabs(src: Source) -> Path:
         for base in base_urls:
             url = f"{base.rstrip('/')}/{src.location}"
             try:
-                download_verified(url, final, match.group(1))
+                _download_verified(url, final, match.group(1))
                 return final
             except DownloadError as e:
                 failures.append(f"{url}: {e}")
         raise DownloadError("; ".join(failures))
 
 
-def download_verified(url: str, path: Path, sha256_prefix: str) -> None:
+def _download_verified(url: str, path: Path, sha256_prefix: str) -> None:
     """Download `url` to `path` through `path`.part (resumed where a previous attempt stopped), check that the
     file's SHA-256 starts with `sha256_prefix`, then rename it into place. A mismatch deletes the download."""
     part = path.with_name(path.name + ".part")

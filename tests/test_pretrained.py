@@ -250,6 +250,7 @@ def test_interrupted_download_leaves_no_file_and_the_next_call_completes_it(rele
 
 
 def test_a_preset_name_is_not_a_checkpoint(small_checkpoint, capsys):
+    assert groupvit.list_pretrained() == ["gcc_yfcc", "gcc_redcaps"]
     assert main(["info", "--checkpoint", "small"]) == 2
     err = capsys.readouterr().err
     assert "'small' is a model preset without released weights" in err and "--random-init small" in err
