@@ -246,6 +246,26 @@ def test_interrupted_download_leaves_no_file_and_the_next_call_completes_it(rele
     assert (embed(groupvit.load_model(cache / name)) - embed(model)).abs().max() < 1e-6
 
 
+def test_the_app_names_released_weights_and_their_licence(release):
+    model, digest, _, serve_as = release
+    serve_as(f"group_vit_test-{digest[:8]}.pth")
+    pretrained.download("gcc_yfcc@nvlabs")  # as `groupvit app` does before importing the app (it goes offline)
+    from groupvit.app import load_app_model
+
+    loaded, description, warning = load_app_model("gcc_yfcc@nvlabs", "cpu")
+    assert warning is None and (embed(loaded) - embed(model)).abs().max() < 1e-6
+    assert description == f"released `gcc_yfcc@nvlabs` weights ({pretrained.NVIDIA_NC})"
+
+
+def test_without_huggingface_hub_the_next_source_is_tried(release, monkeypatch):
+    model, digest, _, serve_as = release
+    serve_as(f"group_vit_test-{digest[:8]}.pth")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+    with pytest.raises(DownloadError, match=r"huggingface_hub is not installed \(pip install 'groupvit\[hub\]'\)"):
+        pretrained.fetch(PRETRAINED["gcc_yfcc"].sources[0])
+    assert (embed(groupvit.load_model("gcc_yfcc")) - embed(model)).abs().max() < 1e-6  # hf, then nvlabs
+
+
 # ----------------------------------------------------------------------------- names, presets and random weights
 
 
