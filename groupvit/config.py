@@ -176,7 +176,7 @@ def parse_yaml(text: str, source: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"{source}, line {mark.line + 1}" if mark is not None else source
+        where = f"{source}, line {mark.line + 1}" if mark is not None and "\n" in text.strip() else source
         problem = getattr(e, "problem", None) or (str(e).splitlines() or ["unreadable"])[0]
         raise ValueError(f"{where}: not valid YAML ({problem})") from None
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import dataclass_from_dict, parse_yaml
+from .config import GroupViTConfig, dataclass_from_dict, parse_yaml
 from .data.synthvoc import SceneOptions
 
 PRESET = "synthvoc"  # groupvit/configs/synthvoc.yaml: model and train sections
@@ -215,12 +215,15 @@ def run_demo(options: DemoOptions) -> dict:
     from .training.config import TrainConfig
     from .training.loop import train
 
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
     model_section, train_section, scene_section = preset_sections(options.config)
     scene = scene_options(scene_section, options.scene)
-    root, shards = prepare_data(options, scene)
     model_section = variant_model(model_section, options)
+    # Bad settings fail now, not after minutes of data generation.
+    GroupViTConfig.from_dict(model_section)
+    TrainConfig.from_dict(train_section, list(options.overrides))
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    root, shards = prepare_data(options, scene)
     (out / "model.yaml").write_text(yaml.safe_dump({"model": model_section}, sort_keys=False))
     voc = voc_root(root)
     cfg = TrainConfig.from_dict(

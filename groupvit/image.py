@@ -86,8 +86,8 @@ def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS, name: str 
         raise ValueError(f"{name} is {width}x{height} = {width * height / 1e6:.3g} megapixels, over the limit of "
                          f"{max_pixels / 1e6:g}; downscale it first")  # fmt: skip
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise ValueError(f"{name} is {width}x{height}, more than {MAX_ASPECT_RATIO} times longer than wide; crop it "
-                         "into pieces first")  # fmt: skip
+        raise ValueError(f"{name} is {width}x{height}: one side is more than {MAX_ASPECT_RATIO} times the other; "
+                         "crop it into pieces first")  # fmt: skip
 
 
 def rescale_size(height: int, width: int, short_side: int = 448, long_side: int = 2048) -> tuple[int, int]:
