@@ -35,6 +35,7 @@ from PIL import Image
 from .checkpoint import load_model
 from .image import load_image
 from .model import GroupViT
+from .naming import Naming, background_words
 from .pretrained import PRETRAINED
 from .pretrained import random_init as random_init_model
 from .segmentation import BACKGROUND_THRESHOLDS, ZeroShotSegmenter, check_class_names
@@ -56,6 +57,7 @@ class Limits:
 
     max_pixels: int = 40_000_000  # of an upload, read from its header before decoding
     max_classes: int = 30
+    max_background_words: int = 64
     max_file_size: int = 32 * 2**20  # bytes; gradio refuses larger uploads before they reach the handler
     # The protocol resizes to a 448 short side anyway; larger photos are reduced first so that the pictures sent
     # back stay small.
@@ -149,11 +151,22 @@ class SegmentationApp:
             raise gr.Error(f"{len(names)} class names given; this page takes at most {self.limits.max_classes}.")
         return names
 
+    def read_background_words(self, text: str) -> tuple[str, ...]:
+        """'voc', 'car', 'none' or comma-separated words (never a file: the handler reads nothing but uploads)."""
+        try:
+            words = background_words(text or "none", files=False)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        if len(words) > self.limits.max_background_words:
+            raise gr.Error(f"{len(words)} background words given; at most {self.limits.max_background_words}.")
+        return words
+
     @one_line_refusals
     def segment(
-        self, path: str | None, classes: str, threshold: float, mode: str
+        self, path: str | None, classes: str, threshold: float, mode: str, words: str = "none"
     ) -> tuple[Image.Image, str, Image.Image, str]:
-        """The page's request: (overlay with legend, legend table HTML, group maps per stage, status line)."""
+        """The page's request: (overlay with legend, legend table HTML, group maps per stage, status line).
+        words: background words scored with the classes (groupvit.naming.background_words), a protocol variant."""
         if not path:
             raise gr.Error("Upload an image or pick an example first.")
         if mode not in MODES:
@@ -161,16 +174,22 @@ class SegmentationApp:
         if not 0.0 <= float(threshold) <= 1.0:
             raise gr.Error(f"the background threshold must be between 0 and 1, got {threshold}")
         names = self.read_classes(classes)
+        naming = Naming(background_words=self.read_background_words(words))
         rgb = self.read_image(path)
         # A shallow copy per request: the model and the per-vocabulary text cache are shared, the settings are not.
         segmenter = copy.copy(self.segmenter)
-        segmenter.mode, segmenter.background_threshold = mode, float(threshold)
+        segmenter.mode, segmenter.background_threshold, segmenter.naming = mode, float(threshold), naming
         start = time.perf_counter()
-        segmenter.set_classes(names)
+        try:
+            segmenter.set_classes(names)
+            segmenter.query()  # a background word that is also a class
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
         result = segmenter(rgb)
         seconds = time.perf_counter() - start
         status = (
-            f"{rgb.shape[1]}x{rgb.shape[0]} pixels, {mode} mode, background threshold {float(threshold):.2f}: "
+            f"{rgb.shape[1]}x{rgb.shape[0]} pixels, {mode} mode, background threshold {float(threshold):.2f}"
+            f"{f', {len(naming.background_words)} background words' if naming.background_words else ''}: "
             f"{seconds:.2f} s on {segmenter.device.type}"
         )
         return (
@@ -221,6 +240,13 @@ class SegmentationApp:
                         info="presets: VOC and COCO-Object 0.95, Context 0.35; 0 turns background off",
                         elem_id="threshold",
                     )
+                    words = gr.Textbox(
+                        label="Background words (a protocol variant)",
+                        value="none",
+                        info="scored with the classes; a pixel won by one is background: voc (SCLIP and NACLIP's "
+                        "26 stuff words: sky, wall, tree, ...), car (CaR's 23), none, or your own, comma-separated",
+                        elem_id="background-words",
+                    )
                     mode = gr.Radio(
                         list(MODES),
                         value="slide",
@@ -237,7 +263,7 @@ class SegmentationApp:
                     legend = gr.HTML(elem_id="legend")
                     status = gr.Markdown(elem_id="status")
             groups = gr.Image(label="Groups per stage", type="pil", format="png", interactive=False, elem_id="groups")
-            button.click(self.segment, [image, classes, threshold, mode], [overlay_out, legend, groups, status],
+            button.click(self.segment, [image, classes, threshold, mode, words], [overlay_out, legend, groups, status],
                          api_name="segment")  # fmt: skip
         return page
 

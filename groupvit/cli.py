@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -101,6 +102,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .viz import group_maps_image, label_image, overlay
 
     class_names = check_class_names(args.classes)
+    naming = _naming(args)
     threshold = None if args.no_background else args.background_threshold
     if threshold is None and not args.no_background:
         threshold = BACKGROUND_THRESHOLDS[args.dataset]
@@ -116,6 +118,7 @@ def _segment(args: argparse.Namespace) -> int:
         refine=args.refine,
         batch_size=args.batch_size,
         autocast_dtype=_dtype(args),
+        naming=naming,
     )
     failures = 0
     for path, stem in tqdm(list(zip(images, stems, strict=True)), desc="segment", unit="image",
@@ -142,6 +145,7 @@ def _segment(args: argparse.Namespace) -> int:
             "background_threshold": threshold,
             "refine": args.refine,
             "checkpoint": args.checkpoint or f"random-init {args.random_init}",
+            **({} if naming.official else {"protocol": "variant", "naming": naming.to_dict()}),
         }
         for name, picture in pictures.items():
             atomic_write(out / name, lambda tmp, pic=picture: pic.save(tmp, format="PNG"))
@@ -216,9 +220,9 @@ def _prepare_nouns(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation.datasets import load_dataset
     from .evaluation.run import (
+        CALIBRATION_GRID,
         DATASET_DEFAULT,
-        calibrate_background,
-        evaluate_recognition,
+        CalibrationImages,
         evaluate_segmentation,
         format_table,
     )
@@ -241,18 +245,28 @@ def _eval(args: argparse.Namespace) -> int:
     model = _load(args)
     threshold = DATASET_DEFAULT if args.background_threshold is None else args.background_threshold
     options = dict(templates=args.templates or "simple", batch_size=args.batch_size, autocast_dtype=_dtype(args))
+    naming = _naming(args)
+    if args.per_class_thresholds and not args.calibrate_background:
+        raise ValueError("--per-class-thresholds calibrates on held-out images: also pass --calibrate-background N")
     calibration = None
     if args.calibrate_background:
         held_out = load_dataset(args.dataset, args.root, split=args.calibration_split)
-        threshold, curve = calibrate_background(model, held_out, args.calibrate_background, args.mode, **options)
+        images = CalibrationImages(model, held_out, args.calibrate_background, args.mode,
+                                   members=naming.hierarchical is not None, **options)  # fmt: skip
+        grid = args.calibration_grid or CALIBRATION_GRID
+        threshold, curve = images.threshold(naming, grid)
         calibration = {"split": args.calibration_split, "images": args.calibrate_background, "chosen": threshold,
                        "miou_by_threshold": curve}  # fmt: skip
+        if args.per_class_thresholds:
+            class_thresholds, miou = images.class_thresholds(threshold, naming, grid)
+            naming = dataclasses.replace(naming, class_thresholds=class_thresholds)
+            calibration.update(class_thresholds=class_thresholds, miou_with_class_thresholds=miou,
+                               method="coordinate ascent over the grid from the chosen threshold")  # fmt: skip
     result = evaluate_segmentation(model, dataset, args.mode, threshold, refine=args.refine, limit=args.limit,
-                                   oracle=args.oracle, **options)  # fmt: skip
+                                   oracle=args.oracle, naming=naming, recognition=args.recognition,
+                                   **options)  # fmt: skip
     if calibration:
         result["calibration"] = calibration
-    if args.recognition:
-        result["recognition"] = evaluate_recognition(model, dataset, options["templates"], limit=args.limit)
     if rank == 0:
         print(format_table(result))
         _write_json(args.out, result)
@@ -315,8 +329,10 @@ def _demo(args: argparse.Namespace) -> int:
         output_dir(args.data, "--data")
     options = DemoOptions(
         out=Path(args.out), minutes=args.minutes, data=Path(args.data) if args.data else None, baseline=args.baseline,
-        soft_assignment=args.soft_assignment, multi_label=not args.no_multi_label, stages=args.stages,
-        noun_loss=args.noun_loss, grouping_init=args.grouping_init, drop_boilerplate_nouns=args.drop_boilerplate_nouns,
+        soft_assignment=args.soft_assignment, multi_label=not args.no_multi_label, recipe=args.recipe,
+        stages=args.stages, noun_loss=args.noun_loss, grouping_init=args.grouping_init, loss=args.loss,
+        noun_positives=args.noun_positives, deep_noun_loss=args.deep_noun_loss, deep_noun_decay=args.deep_noun_decay,
+        text_pool=args.text_pool, in_memory=args.in_memory, drop_boilerplate_nouns=args.drop_boilerplate_nouns,
         seed=args.seed, train_scenes=args.train_scenes, val_scenes=args.val_scenes, config=args.config,
         **({"workers": args.workers} if args.workers is not None else {}),
         overrides=tuple(args.overrides), scene=tuple(args.scene),
@@ -354,6 +370,44 @@ def _add_weights_options(p: argparse.ArgumentParser, checkpoint_help: str = CHEC
     _add_source_option(p)
 
 
+def _add_naming_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("naming variants", "how groups become classes or background, beyond the official "
+                             "threshold (groupvit.naming; results are labelled a protocol variant)")  # fmt: skip
+    g.add_argument("--background-words", metavar="voc|car|none|W1,W2|FILE",
+                   help="stuff words scored with the classes; a pixel won by one is background: voc (SCLIP and "
+                   "NACLIP's 26), car (CaR's 23), your own comma-separated, or a file of them; combines with the "
+                   "threshold (--no-background for words alone)")  # fmt: skip
+    g.add_argument("--min-area", type=unit_float, default=0.0, metavar="SHARE",
+                   help="a class covering at most this share of an image's predicted foreground becomes background "
+                   "(SCLIP's area_thd, 0.1 for VOC; default 0: off)")  # fmt: skip
+    g.add_argument("--background-thresholds", metavar="FILE",
+                   help="one threshold per class instead of one for all: JSON {class: threshold}, or the JSON of "
+                   "`groupvit eval --calibrate-background N --per-class-thresholds`")  # fmt: skip
+    g.add_argument("--top-k", type=positive_int, default=5, metavar="K",
+                   help="groups may only take the image's K best classes by pooled score (official: 5; a K of at "
+                   "least the class count keeps every class)")  # fmt: skip
+    g.add_argument("--gate", type=unit_float, metavar="P",
+                   help="... and only classes with a pooled probability of at least P (the image's best "
+                   "always)")  # fmt: skip
+    g.add_argument("--hierarchical", type=unit_float, metavar="SCORE",
+                   help="name the members (previous-stage groups) of a final group whose members name different "
+                   "classes with at least this score: more classes than final groups")  # fmt: skip
+
+
+def _thresholds(text: str) -> list[float]:
+    """argparse type: comma-separated thresholds in [0, 1]."""
+    return [unit_float(t) for t in text.split(",")]
+
+
+def _naming(args: argparse.Namespace):
+    """The naming options of `segment` and `eval` (groupvit.naming.Naming)."""
+    from .naming import Naming, background_words, load_class_thresholds
+
+    thresholds = load_class_thresholds(args.background_thresholds) if args.background_thresholds else None
+    return Naming(background_words=background_words(args.background_words), class_thresholds=thresholds,
+                  min_area=args.min_area, top_k=args.top_k, gate=args.gate, hierarchical=args.hierarchical)  # fmt: skip
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     _add_weights_options(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -381,11 +435,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", choices=["vit"], help="train a plain ViT with the same losses instead (no grouping)")
     p.add_argument("--soft-assignment", action="store_true", help="ablation: soft instead of hard Gumbel assignment")
     p.add_argument("--no-multi-label", action="store_true", help="ablation: image-text loss only")
-    p.add_argument("--stages", type=int, choices=[1, 2], default=2, help="ablation: one grouping stage")
-    p.add_argument("--noun-loss", choices=["pooled", "max_token"], default="pooled",
-                   help="noun loss on the pooled embedding (paper) or each noun's best token (a variant)")  # fmt: skip
-    p.add_argument("--grouping-init", choices=GROUPING_INITS, default="reference",
-                   help="grouping layers drawn as the paper (std 0.02) or fan-in scaled (variant)")  # fmt: skip
+    p.add_argument("--recipe", choices=["fast", "paper"], default="fast",
+                   help="fast (default): what makes segmentation emerge in 10 CPU minutes; paper: the paper's recipe. "
+                   "The flags below change single parts of it")  # fmt: skip
+    p.add_argument("--stages", type=int, choices=[1, 2], help="grouping stages (paper: 2; fast: 1)")
+    p.add_argument("--noun-loss", choices=["pooled", "max_token"],
+                   help="noun loss on the pooled embedding (paper) or each noun's best token (fast)")  # fmt: skip
+    p.add_argument("--grouping-init", choices=GROUPING_INITS,
+                   help="grouping layers drawn as the paper (std 0.02: reference) or fan-in scaled (fast)")  # fmt: skip
+    p.add_argument("--loss", choices=["softmax", "sigmoid"],
+                   help="contrastive losses as the paper (softmax) or SigLIP's pairwise sigmoid (fast)")  # fmt: skip
+    p.add_argument("--noun-positives", choices=["own", "shared"],
+                   help="noun prompt positive for its own image (paper) or all whose caption has the noun")  # fmt: skip
+    p.add_argument("--deep-noun-loss", type=float, metavar="WEIGHT",
+                   help="weight of a token-level noun loss on the patch tokens before grouping (paper: 0)")  # fmt: skip
+    p.add_argument("--deep-noun-decay", action=argparse.BooleanOptionalAction,
+                   help="decay the deep noun loss linearly to zero over the run")  # fmt: skip
+    p.add_argument("--text-pool", choices=["eot", "max"],
+                   help="text feature at the end-of-text token (paper) or the max over tokens")  # fmt: skip
+    p.add_argument("--in-memory", action=argparse.BooleanOptionalAction,
+                   help="decode the training scenes once into memory, not streamed from shards (fast)")  # fmt: skip
     p.add_argument("--drop-boilerplate-nouns", action="store_true",
                    help="no noun prompts from caption filler: 'photo', 'background', 'is'... (variant)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
@@ -442,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--templates", default="simple", choices=["simple", "subset", "full"])
     p.add_argument("--refine", choices=["pamr"], help="optional PAMR refinement (not the official protocol)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="crops per encoder batch")
+    _add_naming_options(p)
     _add_model_options(p)
     p.set_defaults(run=_segment)
 
@@ -483,9 +553,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate-background", type=positive_int, metavar="N",
                    help="pick the threshold on N images of --calibration-split (a variant)")  # fmt: skip
     p.add_argument("--calibration-split", default="train")
+    p.add_argument("--calibration-grid", type=_thresholds, metavar="T1,T2,...",
+                   help="thresholds calibration tries (default 0.05 to 0.95 by 0.05); per-class calibration names "
+                   "the images about 2 x classes x grid times, so a coarser grid is faster")  # fmt: skip
+    p.add_argument("--per-class-thresholds", action="store_true",
+                   help="with --calibrate-background: then one threshold per class, by coordinate ascent; stored in "
+                   "the JSON's naming.class_thresholds, reusable with --background-thresholds (a variant)")  # fmt: skip
     p.add_argument("--templates", choices=["simple", "subset", "full"],
                    help="prompt templates (default: simple for segmentation, subset for imagenet)")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=8, help="crops per encoder batch")
+    _add_naming_options(p)
     _add_model_options(p)
     p.set_defaults(run=_eval)
 

@@ -106,8 +106,8 @@ def background_words(spec: str | Sequence[str] | None, files: bool = True) -> tu
     key = spec.strip()
     if key.lower() in WORD_LISTS:
         return WORD_LISTS[key.lower()]
-    if files and Path(key).is_file():
-        key = Path(key).read_text().replace("\n", ",")
+    if files and Path(key).is_file():  # blank lines and entries are skipped
+        return tuple(w.strip() for line in Path(key).read_text().splitlines() for w in line.split(",") if w.strip())
     words = tuple(w.strip() for w in key.split(","))
     if any(not w for w in words):
         raise ValueError(f"empty background word in {spec!r}; remove stray commas")

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..image import load_image, rescale_size, to_tensor
+from ..image import load_image
 from ..model import GroupViT
-from ..segmentation import ZeroShotSegmenter, class_text_embeddings
-from ..templates import get_templates
+from ..naming import Naming, coordinate_ascent
+from ..segmentation import SegmentationResult, ZeroShotSegmenter
 from .metrics import ConfusionMatrix, classes_present, oracle_labels, recognition_recall
 
 DATASET_DEFAULT = object()  # "use the dataset's own background threshold"
@@ -24,6 +24,123 @@ def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+class Tally:
+    """One naming's running scores: confusion matrices, final groups in use and recognition, image by image."""
+
+    def __init__(self, label_names: Sequence[str], has_background: bool, oracle: bool, recognition: bool) -> None:
+        self.label_names, self.has_background = list(label_names), has_background
+        self.scores = ConfusionMatrix(len(label_names))
+        self.oracle = ConfusionMatrix(len(label_names)) if oracle else None
+        self.recognition = torch.zeros(3, dtype=torch.float64) if recognition else None  # [pooled, groups, images]
+        self.groups_used = torch.zeros(2, dtype=torch.float64)  # [sum of final groups in use, images]
+        self.images: list[dict] = []
+
+    def update(self, image_id: str, result: SegmentationResult, target: np.ndarray) -> None:
+        self.scores.update(result.labels if self.has_background else result.labels - 1, target)
+        if result.group_maps:
+            final_groups = result.group_maps[-1]
+            in_use = len(np.unique(final_groups))
+            self.groups_used += torch.tensor([in_use, 1.0], dtype=torch.float64)
+            self.images.append({"id": image_id, "groups_in_use": in_use})
+            if self.oracle is not None:
+                self.oracle.update(oracle_labels(final_groups, target), target)
+        present = classes_present(target, self.has_background)
+        if self.recognition is not None and present:  # images without an object class have nothing to recognise
+            recalls = [recognition_recall(s, present) for s in (result.pooled_scores, result.group_scores)]
+            self.recognition += torch.tensor([*recalls, 1.0], dtype=torch.float64)
+
+    def results(self) -> dict:
+        """mIoU, pixel accuracy, per-class IoU, groups in use (and oracle, recognition), summed over ranks."""
+        self.scores.all_reduce()
+        counts = [c for c in (self.groups_used, self.recognition) if c is not None]
+        if _rank_world()[1] > 1:
+            for c in counts:
+                dist.all_reduce(c)
+        out = {**self.scores.results(self.label_names),
+               "groups_in_use": float(self.groups_used[0] / max(self.groups_used[1], 1))}  # fmt: skip
+        if self.oracle is not None:
+            self.oracle.all_reduce()
+            out["oracle"] = self.oracle.results(self.label_names)
+        if self.recognition is not None:
+            sums = self.recognition
+            pooled, best_group = (100 * float(s / sums[2]) if sums[2] else None for s in sums[:2])
+            out["recognition"] = {"images": int(sums[2]), "pooled": pooled, "best_group": best_group}
+        return out
+
+
+def _label_names(dataset) -> list[str]:
+    return (["background"] if dataset.has_background else []) + list(dataset.class_names)
+
+
+def _check_options(dataset, segmenter: ZeroShotSegmenter, options: Mapping[str, tuple[float | None, Naming]]):
+    """Every option usable on this dataset and vocabulary, before any image is encoded."""
+    for threshold, naming in options.values():
+        if not dataset.has_background and naming.makes_background():
+            raise ValueError(f"{dataset.name} has no background class; background words, the area filter and "
+                             "per-class thresholds need one")  # fmt: skip
+        segmenter.background_threshold, segmenter.naming = threshold, naming
+        segmenter.query()
+
+
+def evaluate_namings(
+    model: GroupViT,
+    dataset,
+    options: Mapping[str, tuple[float | object | None, Naming]],
+    mode: str = "slide",
+    templates: str | Sequence[str] = "simple",
+    refine: str | None = None,
+    limit: int | None = None,
+    oracle: bool = False,
+    batch_size: int = 8,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+    short_side: int = 448,
+    per_image: bool = False,
+    recognition: bool = False,
+) -> dict[str, dict]:
+    """`evaluate_segmentation` under several (background threshold, naming) options at once: each image is encoded
+    once and named under every option. Returns {option: results}. A threshold of DATASET_DEFAULT is the dataset's
+    own; any other threshold, naming option, refinement or size makes the results a protocol variant."""
+    rank, world = _rank_world()
+    resolved = {
+        key: (None if not dataset.has_background else dataset.background_threshold if t is DATASET_DEFAULT else t, n)
+        for key, (t, n) in options.items()
+    }
+    segmenter = ZeroShotSegmenter(
+        model, dataset.class_names, background_threshold=None, mode=mode, templates=templates, refine=refine,
+        batch_size=batch_size, autocast_dtype=autocast_dtype, short_side=short_side,
+    )  # fmt: skip
+    _check_options(dataset, segmenter, resolved)
+    members = any(n.hierarchical is not None for _, n in resolved.values())
+    tallies = {key: Tally(_label_names(dataset), dataset.has_background, oracle, recognition) for key in resolved}
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in tqdm(range(rank, total, world), disable=not (progress and rank == 0), desc=f"eval {dataset.name}"):
+        image_id, image, target = dataset[i]
+        encoded = segmenter.encode(image, members)
+        for key, (threshold, naming) in resolved.items():
+            segmenter.background_threshold, segmenter.naming = threshold, naming
+            tallies[key].update(image_id, segmenter.name(encoded), target)
+    out = {}
+    for key, (threshold, naming) in resolved.items():
+        official = options[key][0] is DATASET_DEFAULT and naming.official and refine is None and short_side == 448
+        out[key] = {
+            "dataset": dataset.name,
+            "images": total,
+            "mode": mode,
+            "background_threshold": threshold,
+            "templates": templates if isinstance(templates, str) else list(templates),
+            "protocol": "official" if official else "variant",
+            **tallies[key].results(),
+        }
+        if not naming.official:
+            out[key]["naming"] = naming.to_dict()
+        if refine:
+            out[key]["refine"] = refine
+        if per_image:
+            out[key]["per_image"] = tallies[key].images
+    return out
 
 
 def evaluate_segmentation(
@@ -40,75 +157,77 @@ def evaluate_segmentation(
     progress: bool = True,
     short_side: int = 448,
     per_image: bool = False,
+    naming: Naming | None = None,
+    recognition: bool = False,
 ) -> dict:
     """mIoU, pixel accuracy and per-class IoU (percent) of `dataset` (see groupvit.evaluation.datasets), plus
     the mean number of final groups in use per image and, with `oracle`, the scores of the oracle naming.
     short_side: images are resized to it (448 in the protocol; SynthVOC uses its training size).
-    per_image: also list each image's id and final groups in use (this rank's images only)."""
-    rank, world = _rank_world()
-    if not dataset.has_background:
-        threshold = None
-    elif background_threshold is DATASET_DEFAULT:
-        threshold = dataset.background_threshold
-    else:
-        threshold = background_threshold
-    segmenter = ZeroShotSegmenter(
-        model, dataset.class_names, background_threshold=threshold, mode=mode, templates=templates, refine=refine,
-        batch_size=batch_size, autocast_dtype=autocast_dtype, short_side=short_side,
-    )  # fmt: skip
-    names = (["background"] if dataset.has_background else []) + list(dataset.class_names)
-    scores, oracle_scores = ConfusionMatrix(len(names)), ConfusionMatrix(len(names))
-    total = len(dataset) if limit is None else min(limit, len(dataset))
-    groups_used = torch.zeros(2, dtype=torch.float64)  # [sum of groups in use, images]
-    images = []
-    for i in tqdm(range(rank, total, world), disable=not (progress and rank == 0), desc=f"eval {dataset.name}"):
-        image_id, image, target = dataset[i]
-        result = segmenter(image)
-        prediction = result.labels if dataset.has_background else result.labels - 1
-        scores.update(prediction, target)
-        final_groups = result.group_maps[-1]
-        in_use = len(np.unique(final_groups))
-        groups_used += torch.tensor([in_use, 1.0], dtype=torch.float64)
-        images.append({"id": image_id, "groups_in_use": in_use})
-        if oracle:
-            oracle_scores.update(oracle_labels(final_groups, target), target)
-    scores.all_reduce()
-    if world > 1:
-        dist.all_reduce(groups_used)
-    out = {
-        "dataset": dataset.name,
-        "images": total,
-        "mode": mode,
-        "background_threshold": threshold,
-        "templates": templates if isinstance(templates, str) else list(templates),
-        "protocol": "official"
-        if refine is None and background_threshold is DATASET_DEFAULT and short_side == 448
-        else "variant",
-        **scores.results(names),
-        "groups_in_use": float(groups_used[0] / max(groups_used[1], 1)),
-    }
-    if refine:
-        out["refine"] = refine
-    if per_image:
-        out["per_image"] = images
-    if oracle:
-        oracle_scores.all_reduce()
-        out["oracle"] = oracle_scores.results(names)
-    return out
+    per_image: also list each image's id and final groups in use (this rank's images only).
+    naming: protocol variants of how groups become classes or background (groupvit.naming; default official).
+    recognition: also score image-level recognition from the same encoder pass: per image, the recall of its
+    classes among as many top-ranked class prompts, by the pooled embedding and by each class's best final group,
+    on the whole image at `short_side` (percent; images without an object class left out, None if none has one).
+    """
+    return evaluate_namings(
+        model, dataset, {"": (background_threshold, naming or Naming())}, mode, templates, refine, limit, oracle,
+        batch_size, autocast_dtype, progress, short_side, per_image, recognition,
+    )[""]  # fmt: skip
+
+
+class CalibrationImages:
+    """The first `images` images of a held-out split, encoded once, to score naming options on: the background
+    threshold, per-class thresholds, or which option to use. Keeps the encoder outputs in memory (slide mode at
+    448: about 1.6 MB per VOC image; a 64 px SynthVOC scene: 33 kB). Images split across ranks, scores summed."""
+
+    def __init__(
+        self, model: GroupViT, dataset, images: int, mode: str = "slide", members: bool = False, **options
+    ) -> None:
+        rank, world = _rank_world()
+        self.dataset = dataset
+        self.segmenter = ZeroShotSegmenter(model, dataset.class_names, mode=mode, group_maps=False, **options)
+        self.items = []  # (encoded image, ground truth)
+        for i in range(rank, min(images, len(dataset)), world):
+            _, image, target = dataset[i]
+            self.items.append((self.segmenter.encode(image, members), target))
+
+    def miou(self, threshold: float | None, naming: Naming | None = None) -> float:
+        """mIoU (percent) of the calibration images under one option (default naming: the official one)."""
+        _check_options(self.dataset, self.segmenter, {"": (threshold, naming or Naming())})
+        tally = Tally(_label_names(self.dataset), self.dataset.has_background, oracle=False, recognition=False)
+        for encoded, target in self.items:
+            tally.update("", self.segmenter.name(encoded), target)
+        return tally.results()["miou"]
+
+    def threshold(
+        self, naming: Naming | None = None, grid: Sequence[float] = CALIBRATION_GRID
+    ) -> tuple[float, dict[float, float]]:
+        """The background threshold with the best mIoU -> (threshold, {threshold: mIoU})."""
+        curve = {t: self.miou(t, naming) for t in grid}
+        return max(curve, key=lambda t: curve[t]), curve
+
+    def class_thresholds(
+        self, start: float, naming: Naming | None = None, grid: Sequence[float] = CALIBRATION_GRID, rounds: int = 2
+    ) -> tuple[dict[str, float], float]:
+        """One threshold per class by coordinate ascent from `start` for all (groupvit.naming.coordinate_ascent)
+        -> ({class: threshold}, mIoU)."""
+        names = self.segmenter.class_names
+
+        def score(values: list[float]) -> float:
+            return self.miou(None, replace(naming or Naming(), class_thresholds=dict(zip(names, values, strict=True))))
+
+        values, best = coordinate_ascent(score, [start] * len(names), grid, rounds)
+        return dict(zip(names, values, strict=True)), best
 
 
 def calibrate_background(
     model: GroupViT, dataset, images: int, mode: str = "slide", thresholds: Sequence[float] = CALIBRATION_GRID,
-    **kwargs,
+    naming: Naming | None = None, **options,
 ) -> tuple[float, dict]:  # fmt: skip
     """Pick the background threshold with the best mIoU on the first `images` images of `dataset` (which must
-    be held apart from the split that is reported). Returns (threshold, {threshold: mIoU})."""
-    curve = {}
-    for t in thresholds:
-        result = evaluate_segmentation(model, dataset, mode, t, limit=images, progress=False, **kwargs)
-        curve[t] = result["miou"]
-    best = max(curve, key=lambda t: curve[t])
-    return best, curve
+    be held apart from the split that is reported), under `naming`. Returns (threshold, {threshold: mIoU})."""
+    members = naming is not None and naming.hierarchical is not None
+    return CalibrationImages(model, dataset, images, mode, members, **options).threshold(naming, thresholds)
 
 
 def format_table(result: dict) -> str:
@@ -162,35 +281,9 @@ def evaluate_classification(
     }
 
 
-@torch.no_grad()
 def evaluate_recognition(model: GroupViT, dataset, templates: str | Sequence[str] = "simple",
                          short_side: int = 448, limit: int | None = None) -> dict:  # fmt: skip
-    """Image-level zero-shot recognition on a segmentation set, to tell naming failures from grouping ones:
-    per image, the recall of its classes (those its label map contains) among as many top-ranked class
-    prompts, by the pooled image embedding and by each class's best-matching final group. Percent; images
-    without an object class are left out (None when there is none). The whole image at `short_side`, cut to
-    whole patches as whole-image segmentation does; images split across ranks."""
-    rank, world = _rank_world()
-    model.eval()
-    device, p = next(model.parameters()).device, model.config.vision.patch_size
-    text = class_text_embeddings(model, dataset.class_names, get_templates(templates))  # [C, D]
-    sums = torch.zeros(3, dtype=torch.float64)  # [pooled recall, best-group recall, images]
-    total = len(dataset) if limit is None else min(limit, len(dataset))
-    for i in range(rank, total, world):
-        _, image, target = dataset[i]
-        present = classes_present(target, dataset.has_background)
-        if not present:
-            continue
-        rgb = load_image(image)
-        pixels = to_tensor(rgb, rescale_size(*rgb.shape[:2], short_side)).to(device)  # [1, 3, H, W]
-        out = model.encode_image_groups(pixels[:, :, : pixels.shape[2] // p * p, : pixels.shape[3] // p * p])
-        image_scores = F.normalize(out.image_embeds[0].float(), dim=-1) @ text.T  # [C]
-        group_scores = (F.normalize(out.group_embeds[0].float(), dim=-1) @ text.T).amax(dim=0)  # [C]
-        recalls = [recognition_recall(s.cpu().numpy(), present) for s in (image_scores, group_scores)]
-        sums += torch.tensor([*recalls, 1.0], dtype=torch.float64)
-    if world > 1:
-        dist.all_reduce(sums)
-    if sums[2] == 0:  # no image holds an object class: nothing to recognise
-        return {"images": 0, "pooled": None, "best_group": None}
-    pooled, best_group = (100 * float(s / sums[2]) for s in sums[:2])
-    return {"images": int(sums[2]), "pooled": pooled, "best_group": best_group}
+    """Image-level recognition alone (see `evaluate_segmentation(..., recognition=True)`, which gives it from the
+    segmentation pass): the whole image at `short_side`, {'images', 'pooled', 'best_group'} in percent."""
+    return evaluate_segmentation(model, dataset, "whole", None, templates, limit=limit, progress=False,
+                                 short_side=short_side, recognition=True)["recognition"]  # fmt: skip
