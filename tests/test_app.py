@@ -288,7 +288,8 @@ def test_server_refuses_paths_it_did_not_receive(server, small_checkpoint, photo
         assert httpx.get(f"{url}gradio_api/file={path}", timeout=10).status_code == 403
     # A forged request naming a photo on the server instead of an upload is refused; segmenting it would work.
     forged = {"path": str(photos["chelsea.jpg"]), "meta": {"_type": "gradio.FileData"}}
-    event = httpx.post(f"{url}gradio_api/call/segment", json={"data": [forged, "cat", 0.9, "whole"]}, timeout=10)
+    data = [forged, "cat", 0.9, "whole", "none"]  # photo, classes, threshold, mode, background words
+    event = httpx.post(f"{url}gradio_api/call/segment", json={"data": data}, timeout=10)
     answer = httpx.get(f"{url}gradio_api/call/segment/{event.json()['event_id']}", timeout=60).text
     assert "event: error" in answer and "event: complete" not in answer
 
