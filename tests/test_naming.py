@@ -344,3 +344,29 @@ def test_app_background_words_box(small_checkpoint, tmp_path):
         app.segment(str(path), "cat, sky", 0.0, "whole", "voc")
     with pytest.raises(gr.Error, match="empty background word"):
         app.segment(str(path), "cat", 0.0, "whole", "sky,,sea")
+
+
+def test_demo_picks_the_naming_on_calib_and_scores_it_on_val(model, tmp_path):
+    from groupvit.data.synthvoc import SceneOptions, SynthVOCSpec, generate, voc_root
+    from groupvit.demo import NAMINGS, evaluate_demo
+
+    spec = SynthVOCSpec(seed=4, train=1, val=4, test=1, calib=3, shard_size=1, scene=SceneOptions(size=64))
+    generate(tmp_path, spec, workers=1, progress=False)
+    result = evaluate_demo(model, voc_root(tmp_path), 64)
+    choice = result["naming_choice"]
+    assert choice["chosen"] == max(choice["calib_miou"], key=choice["calib_miou"].get)
+    assert list(choice["calib_miou"]) == list(NAMINGS)
+    calib = CalibrationImages(model, load_dataset("voc", voc_root(tmp_path), "calib"), 3, "whole", members=True,
+                              short_side=64)  # fmt: skip
+    grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    assert calib.threshold(NAMINGS[choice["chosen"]], grid)[0] == choice["threshold"]
+    val = load_dataset("voc", voc_root(tmp_path), "val")
+
+    def val_miou(threshold: float, naming: Naming | None = None) -> float:
+        scores = evaluate_segmentation(model, val, "whole", threshold, naming=naming, short_side=64, progress=False)
+        return scores["miou"]
+
+    assert result["miou"] == val_miou(result["background_threshold"])
+    assert result["miou_at_official_threshold"] == val_miou(0.95)
+    assert choice["val_miou"] == val_miou(choice["threshold"], NAMINGS[choice["chosen"]])
+    assert result["recognition"]["images"] == 4 and "per_image" in result

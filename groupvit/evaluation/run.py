@@ -220,6 +220,18 @@ class CalibrationImages:
         return dict(zip(names, values, strict=True)), best
 
 
+def choose_naming(
+    images: CalibrationImages, candidates: Mapping[str, Naming], grid: Sequence[float] = CALIBRATION_GRID
+) -> tuple[str, dict[str, dict]]:
+    """Each candidate naming with its own background threshold chosen on the calibration images. Returns (the
+    candidate with the best mIoU, {candidate: {'threshold', 'miou', 'curve': {threshold: mIoU}}})."""
+    scores = {}
+    for key, naming in candidates.items():
+        threshold, curve = images.threshold(naming, grid)
+        scores[key] = {"threshold": threshold, "miou": curve[threshold], "curve": curve}
+    return max(scores, key=lambda k: scores[k]["miou"]), scores
+
+
 def calibrate_background(
     model: GroupViT, dataset, images: int, mode: str = "slide", thresholds: Sequence[float] = CALIBRATION_GRID,
     naming: Naming | None = None, **options,
