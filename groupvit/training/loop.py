@@ -200,16 +200,15 @@ def evaluate(model: GroupViT, cfg: TrainConfig) -> dict:
     """The zero-shot segmentation hook: mIoU and recognition on `eval_root`, images split across ranks."""
     from ..evaluation.datasets import load_dataset
     from ..evaluation.metrics import prompt_similarity
-    from ..evaluation.run import DATASET_DEFAULT, evaluate_recognition, evaluate_segmentation
+    from ..evaluation.run import DATASET_DEFAULT, evaluate_segmentation
     from ..segmentation import class_text_embeddings
 
     dataset = load_dataset(cfg.eval_dataset, cfg.eval_root, cfg.eval_split)
     threshold = DATASET_DEFAULT if cfg.eval_threshold < 0 else cfg.eval_threshold
     model.eval()
+    # Recognition comes from the segmentation pass (the whole image at eval_short_side).
     result = evaluate_segmentation(model, dataset, cfg.eval_mode, threshold, limit=cfg.eval_images or None,
-                                   progress=False, short_side=cfg.eval_short_side)  # fmt: skip
-    result["recognition"] = evaluate_recognition(model, dataset, short_side=cfg.eval_short_side,
-                                                 limit=cfg.eval_images or None)  # fmt: skip
+                                   progress=False, short_side=cfg.eval_short_side, recognition=True)  # fmt: skip
     with torch.no_grad():
         classes = class_text_embeddings(model, dataset.class_names)  # [C, D]
     result["prompt_similarity"] = prompt_similarity(classes, dataset.class_names)
