@@ -100,9 +100,19 @@ def evaluate_namings(
     per_image: bool = False,
     recognition: bool = False,
 ) -> dict[str, dict]:
-    """`evaluate_segmentation` under several (background threshold, naming) options at once: each image is encoded
-    once and named under every option. Returns {option: results}. A threshold of DATASET_DEFAULT is the dataset's
-    own; any other threshold, naming option, refinement or size makes the results a protocol variant."""
+    """Zero-shot segmentation scores of `dataset` under several (background threshold, naming) options at once:
+    each image is encoded once and named under every option. Returns {option: results}, each with mIoU, pixel
+    accuracy and per-class IoU (percent) and the mean number of final groups in use per image. A threshold of
+    DATASET_DEFAULT is the dataset's own; any other threshold, naming option, refinement or size makes the results
+    a protocol variant (`"protocol": "variant"`, the options under `naming`).
+
+    short_side: images are resized to it (448 in the protocol; SynthVOC uses its training size).
+    oracle: also score each final group named by the ground-truth class it overlaps most (grouping apart from
+    naming). per_image: also list each image's id and final groups in use (this rank's images only).
+    recognition: also score image-level recognition from the same encoder pass: per image, the recall of its
+    classes among as many top-ranked class prompts, by the pooled embedding and by each class's best final group,
+    on the whole image at `short_side` (percent; images without an object class left out, None if none has one).
+    """
     rank, world = _rank_world()
     resolved = {
         key: (None if not dataset.has_background else dataset.background_threshold if t is DATASET_DEFAULT else t, n)
@@ -148,31 +158,13 @@ def evaluate_segmentation(
     dataset,
     mode: str = "slide",
     background_threshold: float | object | None = DATASET_DEFAULT,
-    templates: str | Sequence[str] = "simple",
-    refine: str | None = None,
-    limit: int | None = None,
-    oracle: bool = False,
-    batch_size: int = 8,
-    autocast_dtype: torch.dtype | None = None,
-    progress: bool = True,
-    short_side: int = 448,
-    per_image: bool = False,
     naming: Naming | None = None,
-    recognition: bool = False,
+    **options,
 ) -> dict:
     """mIoU, pixel accuracy and per-class IoU (percent) of `dataset` (see groupvit.evaluation.datasets), plus
-    the mean number of final groups in use per image and, with `oracle`, the scores of the oracle naming.
-    short_side: images are resized to it (448 in the protocol; SynthVOC uses its training size).
-    per_image: also list each image's id and final groups in use (this rank's images only).
-    naming: protocol variants of how groups become classes or background (groupvit.naming; default official).
-    recognition: also score image-level recognition from the same encoder pass: per image, the recall of its
-    classes among as many top-ranked class prompts, by the pooled embedding and by each class's best final group,
-    on the whole image at `short_side` (percent; images without an object class left out, None if none has one).
-    """
-    return evaluate_namings(
-        model, dataset, {"": (background_threshold, naming or Naming())}, mode, templates, refine, limit, oracle,
-        batch_size, autocast_dtype, progress, short_side, per_image, recognition,
-    )[""]  # fmt: skip
+    the mean number of final groups in use per image, under one background threshold (default: the dataset's)
+    and naming (groupvit.naming; default: the official one). `options` are those of `evaluate_namings`."""
+    return evaluate_namings(model, dataset, {"": (background_threshold, naming or Naming())}, mode, **options)[""]
 
 
 class CalibrationImages:
@@ -297,5 +289,5 @@ def evaluate_recognition(model: GroupViT, dataset, templates: str | Sequence[str
                          short_side: int = 448, limit: int | None = None) -> dict:  # fmt: skip
     """Image-level recognition alone (see `evaluate_segmentation(..., recognition=True)`, which gives it from the
     segmentation pass): the whole image at `short_side`, {'images', 'pooled', 'best_group'} in percent."""
-    return evaluate_segmentation(model, dataset, "whole", None, templates, limit=limit, progress=False,
+    return evaluate_segmentation(model, dataset, "whole", None, templates=templates, limit=limit, progress=False,
                                  short_side=short_side, recognition=True)["recognition"]  # fmt: skip
