@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -112,9 +113,22 @@ def save_checkpoint(path: Path, model: GroupViT, optimizer: torch.optim.Optimize
         "model_config": model.config.to_dict(),
         "rng": states,
     }
-    if path.is_file():
-        os.replace(path, path.with_name(PREVIOUS_CHECKPOINT))
+    keep_previous(path)
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def keep_previous(path: Path) -> None:
+    """Keep the checkpoint at `path` as checkpoint.prev.pt, through a hard link (a copy where the file system has
+    none) renamed into place, so that there is never a moment without `path`."""
+    if not path.is_file():
+        return
+    tmp = path.with_name(f".{PREVIOUS_CHECKPOINT}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, path.with_name(PREVIOUS_CHECKPOINT))
 
 
 def read_training_state(out: Path, device: torch.device, verbose: bool = True) -> tuple[dict, Path] | None:
