@@ -220,11 +220,11 @@ def background_channel(
     class).
     """
     guard = affinity.flatten(1).amax(dim=1).view(-1, 1, 1, 1)  # [B, 1, 1, 1]
-    best, best_class = foreground.max(dim=1, keepdim=True)  # [B, 1, H, W]
     if isinstance(threshold, torch.Tensor):
+        best, best_class = foreground.max(dim=1, keepdim=True)  # [B, 1, H, W]
         t = torch.minimum(threshold.to(foreground)[best_class], guard)  # [B, 1, H, W]
     else:
-        t = guard.clamp(max=threshold)
+        best, t = foreground.amax(dim=1, keepdim=True), guard.clamp(max=threshold)
     return (best < t).to(foreground.dtype)
 
 

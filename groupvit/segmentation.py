@@ -147,6 +147,8 @@ def encode_with_members(model: GroupViT, pixels: torch.Tensor) -> tuple[ImageGro
         out = model.encode_image_groups(pixels)
     finally:
         hook.remove()
+    if not captured:  # a compiled encoder may skip module hooks
+        raise ValueError("hierarchical naming could not read the last grouping block's input; run without --compile")
     return out, model.visual_projection(model.visual.norm(captured[0]))
 
 
