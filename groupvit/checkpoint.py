@@ -155,13 +155,27 @@ def import_state_dict(source: dict[str, torch.Tensor], model: GroupViT, layout: 
     return out
 
 
+# Parameters that only variants' training losses use (GroupViTConfig.logit_bias, patch_head): not exported.
+TRAINING_ONLY = ("logit_bias", "multi_label_logit_bias", "patch_projection.")
+
+
+def exported_config(cfg: GroupViTConfig) -> dict[str, Any]:
+    """Our config as the other layouts store it: without the training-only parts their weights leave out."""
+    return {**cfg.to_dict(), "logit_bias": False, "patch_head": False}
+
+
 def export_state_dict(model: GroupViT, layout: str) -> dict[str, torch.Tensor]:
     """Our model's weights in `layout` ('nvlabs' or 'hf')."""
     names = layout_names(layout)
+    if model.config.text.pool != "eot":
+        raise ValueError(f"the {layout} layout has no text.pool={model.config.text.pool!r} encoder (it pools at the "
+                         "end-of-text token); keep this model in our .safetensors layout")  # fmt: skip
     out = {}
     for key, value in model.state_dict().items():
         if layout == "hf" and key == "multi_label_logit_scale":
             continue  # transformers has no multi-label temperature
+        if key.startswith(TRAINING_ONLY):
+            continue  # training-only variants' extras, unused at test time
         theirs = names(key)
         if layout == "nvlabs" and _is_conv_kernel(key):
             value = value.unsqueeze(-1)
@@ -300,7 +314,7 @@ def config_to_hf(cfg: GroupViTConfig) -> dict[str, Any]:
     return {
         "architectures": ["GroupViTModel"],
         "model_type": "groupvit",
-        CONFIG_KEY: cfg.to_dict(),
+        CONFIG_KEY: exported_config(cfg),
         "projection_dim": cfg.projection_dim,
         "projection_intermediate_dim": cfg.projection_hidden_dim,
         "logit_scale_init_value": cfg.logit_scale_init,
@@ -582,7 +596,7 @@ def save_model(model: GroupViT, path: str | Path, layout: str = FORMAT_TAG) -> P
     elif layout == "nvlabs":
         state = {
             "model": {k: v.detach().cpu() for k, v in export_state_dict(model, "nvlabs").items()},
-            CONFIG_KEY: model.config.to_dict(),
+            CONFIG_KEY: exported_config(model.config),
         }
         atomic_write(path, lambda tmp: torch.save(state, tmp))
     else:
