@@ -210,25 +210,11 @@ class MemoryPairs(IndexedPairs):
                     if member.isfile() and "." in Path(member.name).name:
                         key, ext = _split_key(member.name)
                         samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-            for sample in samples.values():
-                image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-                caption_key = next((k for k in CAPTION_KEYS if k in sample), None)
-                if image_key is None or caption_key is None:
-                    skipped["incomplete"] += 1
-                    continue
-                try:
-                    caption = decode_caption(sample[caption_key])
-                except (UnicodeDecodeError, ValueError):
-                    skipped["caption"] += 1
-                    continue
-                try:
-                    array = np.asarray(decode_image(sample[image_key]))  # [H, W, 3] uint8
-                except Exception:
-                    skipped["image"] += 1
-                    continue
-                self.images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))  # [3, H, W]
+            for image, caption, nouns in valid_samples(samples.values(), skipped):
+                array = np.array(image, dtype=np.uint8)  # [H, W, 3]
+                self.images.append(torch.from_numpy(array).permute(2, 0, 1))  # [3, H, W]
                 self.captions.append(caption)
-                self.tagged.append(json.loads(sample["nouns.json"]) if "nouns.json" in sample else None)
+                self.tagged.append(nouns)
         if not self.images:
             raise ValueError(f"{pattern}: no readable image-caption pair ({dict(skipped)} skipped)")
         super().__init__(len(self.images), transform, texts, seed)
@@ -281,10 +267,8 @@ def expand_shards(pattern: str) -> list[str]:
     return urls
 
 
-def decode_samples(
-    samples: Iterator[dict], transform: Callable, texts: CaptionTexts, rng: random.Random, stats: Counter
-):
-    """webdataset samples -> (image, ids); broken ones are counted in `stats` and skipped."""
+def valid_samples(samples: Iterable[dict], stats: Counter) -> Iterator[tuple[Image.Image, str, list[str] | None]]:
+    """webdataset samples -> (image, caption, tagged nouns or None); broken ones are counted in `stats` and skipped."""
     for sample in samples:
         image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         caption_key = next((k for k in CAPTION_KEYS if k in sample), None)
@@ -301,7 +285,14 @@ def decode_samples(
         except Exception:
             stats["image"] += 1
             continue
-        nouns = json.loads(sample["nouns.json"]) if "nouns.json" in sample else None
+        yield image, caption, json.loads(sample["nouns.json"]) if "nouns.json" in sample else None
+
+
+def decode_samples(
+    samples: Iterator[dict], transform: Callable, texts: CaptionTexts, rng: random.Random, stats: Counter
+):
+    """webdataset samples -> (image, ids, noun keys); broken ones are counted in `stats` and skipped."""
+    for image, caption, nouns in valid_samples(samples, stats):
         yield transform(image), *texts(caption, rng, nouns)
 
 
