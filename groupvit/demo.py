@@ -174,11 +174,11 @@ def variant_model(model: dict, options: DemoOptions) -> dict:
         vision.update(depths=[sum(vision["depths"])], num_group_tokens=[0], num_output_groups=[])
     elif options.baseline is not None:
         raise ValueError(f"unknown baseline {options.baseline!r}; the one baseline is 'vit'")
-    if options.stages == 1:  # one grouping stage with the first stage's groups, its blocks after it
+    if options.baseline is None and options.stages == 1:  # one grouping stage, its blocks after it (a ViT has none)
         depths, groups = vision["depths"], vision["num_group_tokens"]
         vision.update(depths=[depths[0], sum(depths[1:])], num_group_tokens=[groups[0], 0],
                       num_output_groups=[vision["num_output_groups"][0]])  # fmt: skip
-    elif options.stages != 2:
+    elif options.stages not in (1, 2):
         raise ValueError(f"stages must be 1 or 2, got {options.stages}")
     if options.soft_assignment:
         vision.update(hard_assignment=False, gumbel=False)
@@ -278,10 +278,12 @@ def evaluate_demo(model, voc: Path, size: int, calib_images: int = 100) -> dict:
     from .evaluation.datasets import load_dataset
     from .evaluation.run import DATASET_DEFAULT, CalibrationImages, choose_naming, evaluate_namings
 
-    calib = CalibrationImages(model, load_dataset("voc", voc, "calib"), calib_images, "whole", members=True,
+    grouped = any(model.config.vision.num_group_tokens)  # a plain ViT has no groups to split hierarchically
+    namings = {name: n for name, n in NAMINGS.items() if grouped or n.hierarchical is None}
+    calib = CalibrationImages(model, load_dataset("voc", voc, "calib"), calib_images, "whole", members=grouped,
                               short_side=size)  # fmt: skip
     grid = [round(0.1 * i, 1) for i in range(1, 10)] + [0.95]  # 0.95: the official VOC threshold
-    best, choice = choose_naming(calib, NAMINGS, grid)
+    best, choice = choose_naming(calib, namings, grid)
     threshold = choice["official"]["threshold"]
     options = {"calibrated": (threshold, NAMINGS["official"]), "official": (DATASET_DEFAULT, NAMINGS["official"]),
                "best": (choice[best]["threshold"], NAMINGS[best])}  # fmt: skip

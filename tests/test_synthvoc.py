@@ -209,6 +209,20 @@ def test_demo_one_minute_end_to_end(tmp_path):
     assert Image.open(out / "report_grid.png").size[0] > 3 * 64 and Image.open(out / "report_groups.png").size[0] > 64
     assert "report_grid.png" in (out / "report.html").read_text() and "Recognition" in (out / "report.html").read_text()
     assert "SynthVOC val mIoU" in run.stdout
+    # The plain ViT baseline of the default recipe (one stage is moot without groups), a few steps on the same data.
+    vit = subprocess.run(
+        [sys.executable, "-m", "groupvit", "demo", "--baseline", "vit", "--out", str(tmp_path / "vit"), "--data",
+         str(tmp_path / "d"), "--train-scenes", "1000", "--val-scenes", "40", "--scene", "max_clutter=0",
+         "--scene", "object_scale=[0.4,0.7]", "minutes=0", "steps=2", "eval_every=0"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert vit.returncode == 0, vit.stderr[-3000:]
+    vit_result = json.loads((tmp_path / "vit" / "results.json").read_text())
+    assert (
+        vit_result["steps"] == 2
+        and vit_result["groups_in_use"] == 64
+        and "hierarchical_0.3" not in (vit_result["naming_choice"]["calib_miou"])
+    )
 
 
 def test_scene_options_from_preset_and_overrides():
@@ -302,6 +316,8 @@ def test_variant_models_and_ablation_flags():
     one = GroupViTConfig.from_dict(variant_model(model, DemoOptions(recipe="paper", stages=1))).vision
     soft = GroupViTConfig.from_dict(variant_model(model, DemoOptions(recipe="paper", soft_assignment=True))).vision
     assert vit.num_group_tokens == [0] and vit.num_output_groups == [] and vit.depths == [sum(paper.depths)]
+    fast_vit = GroupViTConfig.from_dict(variant_model(model, DemoOptions(baseline="vit"))).vision  # one stage: moot
+    assert fast_vit.num_group_tokens == [0] and fast_vit.depths == vit.depths
     assert one.num_group_tokens == [paper.num_group_tokens[0], 0] and sum(one.depths) == sum(paper.depths)
     assert paper.hard_assignment and paper.gumbel and not soft.hard_assignment and not soft.gumbel
     fan_in = GroupViTConfig.from_dict(variant_model(model, DemoOptions(recipe="paper", grouping_init="fan_in"))).vision
