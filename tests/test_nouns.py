@@ -350,11 +350,11 @@ def test_caption_texts_drop_stopwords_before_drawing_prompts():
         return next((w for w, ids in prompt_ids.items() if tuple(row.tolist()) in ids), None)
 
     for seed in range(10):
-        ids = CaptionTexts(3, stopwords=["PHOTO", "background"])(caption, random.Random(seed), words)  # [4, 77]
+        ids, _ = CaptionTexts(3, stopwords=["PHOTO", "background"])(caption, random.Random(seed), words)  # [4, 77]
         assert ids.shape == (4, 77) and torch.equal(ids[0], tokenize(caption)[0])
         # 'Dog' and 'checkered' are kept (matched lower-case), and the third prompt is the caption itself
         assert {word_of(ids[1]), word_of(ids[2])} == {"Dog", "checkered"} and torch.equal(ids[3], ids[0])
-    plain = CaptionTexts(3)(caption, random.Random(0), words)  # the reference keeps every word
+    plain, _ = CaptionTexts(3)(caption, random.Random(0), words)  # the reference keeps every word
     assert len({word_of(row) for row in plain[1:]} - {None}) == 3
-    filler = CaptionTexts(2, stopwords=BOILERPLATE_WORDS)("look at the picture", random.Random(0), ["look", "picture"])
+    filler, _ = CaptionTexts(2, stopwords=BOILERPLATE_WORDS)("look at the picture", random.Random(0), ["look", "picture"])
     assert torch.equal(filler[1], filler[0]) and torch.equal(filler[2], filler[0])
