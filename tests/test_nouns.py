@@ -356,5 +356,6 @@ def test_caption_texts_drop_stopwords_before_drawing_prompts():
         assert {word_of(ids[1]), word_of(ids[2])} == {"Dog", "checkered"} and torch.equal(ids[3], ids[0])
     plain, _ = CaptionTexts(3)(caption, random.Random(0), words)  # the reference keeps every word
     assert len({word_of(row) for row in plain[1:]} - {None}) == 3
-    filler, _ = CaptionTexts(2, stopwords=BOILERPLATE_WORDS)("look at the picture", random.Random(0), ["look", "picture"])
+    texts = CaptionTexts(2, stopwords=BOILERPLATE_WORDS)
+    filler, _ = texts("look at the picture", random.Random(0), ["look", "picture"])
     assert torch.equal(filler[1], filler[0]) and torch.equal(filler[2], filler[0])
