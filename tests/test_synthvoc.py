@@ -17,7 +17,16 @@ from PIL import Image
 
 from groupvit.data import synthvoc
 from groupvit.data.nouns import BOILERPLATE_WORDS
-from groupvit.data.synthvoc import CLASS_NAMES, VOC_OBJECTS, SceneOptions, SynthVOCSpec, generate, make_scene, voc_root
+from groupvit.data.synthvoc import (
+    CLASS_NAMES,
+    VOC_OBJECTS,
+    SceneOptions,
+    SynthVOCSpec,
+    _noun_phrase,
+    generate,
+    make_scene,
+    voc_root,
+)
 from groupvit.evaluation.datasets import VOC_CLASSES, load_dataset
 
 SMALL = SynthVOCSpec(seed=3, train=30, val=12, test=4, calib=4, shard_size=16, scene=SceneOptions(size=64))
@@ -93,6 +102,16 @@ def test_captions_name_only_objects_present_or_clutter():
             assert w in scene.caption
         mentioned_some += len(named) < len(set(scene.classes))
     assert 0 < mentioned_some < 200  # objects are sometimes left unmentioned, not usually
+
+
+def test_crowded_scenes_have_captions():
+    """Scenes with more objects than the default 4, as hierarchical naming is measured on (a class may repeat 5+
+    times: 'five dogs', and 'many' past the number words)."""
+    options = SceneOptions(min_objects=8, max_objects=8, object_scale=(0.1, 0.2))
+    for i in range(20):
+        scene = make_scene(3, "val", i, options)
+        assert len(scene.classes) >= 5 and scene.caption  # as many as fit under the occlusion limit
+    assert _noun_phrase(("dog", "dogs"), 12, np.random.default_rng(0)) in ("many dogs", "dogs")
 
 
 def test_boilerplate_words_never_drop_an_object_or_clutter_word():

@@ -69,7 +69,7 @@ CLUTTER: tuple[tuple[str, str], ...] = (
 )  # fmt: skip
 
 CLASS_NAMES: tuple[str, ...] = tuple(name for name, _, _ in VOC_OBJECTS)
-NUMBERS = ("two", "three", "four")
+NUMBERS = ("two", "three", "four", "five", "six", "seven", "eight", "nine")  # a class repeated 2-9 times
 ADJECTIVES = ("small", "big", "little", "cute", "cartoon", "happy", "tiny", "large")
 BACKGROUND_WORDS = {"plain": "plain", "gradient": "colourful", "noise": "noisy", "stripes": "striped",
                     "checker": "checkered", "horizon": "outdoor"}  # fmt: skip
@@ -198,7 +198,8 @@ def _paste(canvas: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, y: int, x: in
 def _noun_phrase(words: tuple[str, str], count: int, rng: np.random.Generator) -> str:
     singular, plural = words
     if count > 1:
-        return f"{NUMBERS[count - 2]} {plural}" if rng.random() < 0.7 else plural
+        number = NUMBERS[count - 2] if count - 2 < len(NUMBERS) else "many"
+        return f"{number} {plural}" if rng.random() < 0.7 else plural
     word = f"{rng.choice(ADJECTIVES)} {singular}" if rng.random() < 0.25 else singular
     return ("an " if word[0] in "aeiou" else "a ") + word
 
