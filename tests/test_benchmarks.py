@@ -22,7 +22,11 @@ def test_side_by_side_benchmark_quick(tmp_path):
                            ("image224", "theirs", "bf16"), ("segment", "reference", "bf16")}  # fmt: skip
     timed = [r for r in rows.values() if "skipped" not in r]
     assert all(r["variant"] == "bf16" for r in rows.values() if "skipped" in r)  # only bf16 without bf16 kernels
-    assert all(r["ours_s"] > 0 and r["peer_s"] > 0 and r["ours_peak_mib"] > 0 for r in timed)
+    assert all(r["ours_s"] > 0 and r["peer_s"] > 0 for r in timed)
+    # Peak memory is the growth of the resident set during a case: 0 when the case fits in memory the allocator
+    # already holds from the cases before it (seen for the small bf16 segment case), never negative.
+    assert all(r["ours_peak_mib"] >= 0 and r["peer_peak_mib"] >= 0 for r in timed)
+    assert max(r["ours_peak_mib"] for r in timed) > 0
     assert 0.99 < rows["image224", "theirs", "bf16"]["accuracy"]["min_cosine_vs_fp32"] <= 1.0 + 1e-6
     assert result["matmul_gflops"]["fp32"] > 0 and result["machine"]["torch"] and result["machine"]["cpu"]
     assert len(result["load_average_1_5_15min"]["start"]) == 3
