@@ -3,7 +3,8 @@
 One model is loaded at start; class text embeddings are computed once per vocabulary and shared by all requests.
 Uploads and result pictures live in a temporary folder made for this server and removed when it stops; the
 handler reads nothing else. Without trained weights (no `--checkpoint`, or `--random-init PRESET`) the page says,
-at the top, that it shows untrained random weights.
+at the top, that it shows untrained random weights. Without `--checkpoint` it serves `synthvoc`, the small model
+shipped in the package (trained on SynthVOC captions), with SynthVOC scenes as examples and its classes prefilled.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import copy
 import functools
 import html
+import json
 import shutil
 import signal
 import tempfile
@@ -25,6 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import gradio as gr
@@ -38,7 +41,7 @@ from .model import GroupViT
 from .naming import Naming, background_words
 from .pretrained import PRETRAINED
 from .pretrained import random_init as random_init_model
-from .segmentation import BACKGROUND_THRESHOLDS, ZeroShotSegmenter, check_class_names
+from .segmentation import ZeroShotSegmenter, check_class_names
 from .viz import group_maps_image, overlay, voc_palette
 
 # Decoders the server will run on uploads, checked from the file's content, not its name (Pillow's EPS decoder,
@@ -47,8 +50,12 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 FILE_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MODES = ("slide", "whole")
 DEFAULT_PRESET = "gcc_yfcc"
+DEFAULT_CHECKPOINT = "synthvoc"  # shipped in the package (groupvit.pretrained)
 # scikit-image ships these photographs in its wheel, so the examples work offline.
 EXAMPLES = {"astronaut": "person, flag, rocket, sky", "coffee": "cup, saucer, spoon, table", "chelsea": "cat, floor"}
+# Validation scenes of SynthVOC shipped in the package, the examples for models trained on it (examples.json: each
+# scene's file, caption and largest object).
+SYNTHVOC_EXAMPLES = Path(str(resources.files("groupvit") / "assets" / "synthvoc"))
 
 
 @dataclass(frozen=True)
@@ -68,21 +75,24 @@ def load_app_model(
     checkpoint: str | None, device: str, random_init: str | None = None, source: str | None = None
 ) -> tuple[GroupViT, str, str | None]:
     """(model, what it is, warning for the page or None). `checkpoint` is anything `load_model` reads (a file, a
-    folder, released weights by name); without it, untrained random weights of the `random_init` preset
-    (default gcc_yfcc)."""
-    if checkpoint is not None:
+    folder, weights by name); with `random_init`, untrained random weights of that preset; with neither, the
+    `synthvoc` model shipped in the package."""
+    if random_init is None:
+        checkpoint = checkpoint or DEFAULT_CHECKPOINT
         model = load_model(checkpoint, device=device, source=source)
         entry = PRETRAINED.get(checkpoint.partition("@")[0])
         if entry and not Path(checkpoint).exists():
-            return model, f"released `{checkpoint}` weights ({entry.licence})", None
-        return model, f"`{Path(checkpoint).name}`", None
-    preset = random_init or DEFAULT_PRESET
+            return model, f"`{checkpoint}`, {entry.description}. Licence: {entry.licence}", None
+        about = model.test_settings.about
+        return model, f"`{Path(checkpoint).name}`" + (f", {about}" if about else ""), None
+    preset = random_init
     model = random_init_model(preset, device)  # the same random model on every start
     warning = (
         f"Untrained random weights ({preset} architecture): the pictures show how the pipeline works, not what "
-        "GroupViT learns. Restart with `--checkpoint gcc_yfcc` for the released weights (downloaded once) or "
-        "`--checkpoint` naming trained weights (the model.safetensors of `groupvit train`, an NVlabs .pth or a "
-        "transformers folder)."
+        "GroupViT learns. Restart without `--random-init` for the small model shipped in the package (SynthVOC "
+        "scenes), with `--checkpoint gcc_yfcc` for the released weights (downloaded once), or with `--checkpoint` "
+        "naming trained weights (the model.safetensors of `groupvit train`, an NVlabs .pth or a transformers "
+        "folder)."
     )
     return model, f"random `{preset}` preset", warning
 
@@ -124,7 +134,8 @@ class SegmentationApp:
     ) -> None:
         self.description, self.warning, self.limits = description, warning, limits
         self.temp_dir = Path(temp_dir).resolve()
-        self.segmenter = ZeroShotSegmenter(model, ["object"], background_threshold=BACKGROUND_THRESHOLDS["voc"])
+        self.settings = model.test_settings  # the page's defaults (groupvit.settings)
+        self.segmenter = ZeroShotSegmenter(model, ["object"])
 
     def read_image(self, path: str) -> np.ndarray:
         """An uploaded file -> RGB uint8 [H, W, 3], reduced to `max_side`; gr.Error with the reason otherwise."""
@@ -189,8 +200,8 @@ class SegmentationApp:
         seconds = time.perf_counter() - start
         status = (
             f"{rgb.shape[1]}x{rgb.shape[0]} pixels, {mode} mode, background threshold {float(threshold):.2f}"
-            f"{f', {len(naming.background_words)} background words' if naming.background_words else ''}: "
-            f"{seconds:.2f} s on {segmenter.device.type}"
+            f"{f', {len(naming.background_words)} background words' if naming.background_words else ''}"
+            f" (short side resized to {segmenter.short_side}): {seconds:.2f} s on {segmenter.device.type}"
         )
         return (
             overlay(rgb, result.labels, names),
@@ -199,21 +210,31 @@ class SegmentationApp:
             status,
         )
 
-    def write_examples(self) -> list[list[str]]:
-        """Save scikit-image's example photos into the temp folder (gradio serves only files it may read)."""
-        import skimage.data
-
+    def write_examples(self) -> tuple[list[list[str]], list[str]]:
+        """Copy the examples into the temp folder (gradio serves only files it may read) -> ([[path, classes]],
+        labels): SynthVOC scenes with the model's classes for models trained on SynthVOC, else scikit-image's
+        photographs with words of their own."""
         folder = self.temp_dir / "examples"
         folder.mkdir(exist_ok=True)
-        rows = []
+        rows, labels = [], []
+        if self.settings.trained_on == "synthvoc":
+            for scene in json.loads((SYNTHVOC_EXAMPLES / "examples.json").read_text()):
+                path = folder / scene["file"]
+                shutil.copyfile(SYNTHVOC_EXAMPLES / scene["file"], path)
+                rows.append([str(path), ", ".join(self.settings.classes)])
+                labels.append(scene["caption"])
+            return rows, labels
+        import skimage.data
+
         for name, classes in EXAMPLES.items():
             path = folder / f"{name}.png"
             Image.fromarray(getattr(skimage.data, name)()).save(path)
             rows.append([str(path), classes])
-        return rows
+        return rows, list(EXAMPLES)
 
     def build(self) -> gr.Blocks:
         formats, megapixels = ", ".join(IMAGE_FORMATS), self.limits.max_pixels / 1e6
+        calibrated = self.settings.background_threshold is not None
         with gr.Blocks(title="GroupViT segmentation", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
             gr.Markdown(f"# GroupViT: segment a photo into any words\nModel: {self.description}.")
             if self.warning:
@@ -228,16 +249,17 @@ class SegmentationApp:
                     )
                     classes = gr.Textbox(
                         label=f"Class names, comma-separated (at most {self.limits.max_classes})",
-                        value="person, grass, sky",
+                        value=", ".join(self.settings.classes) or "person, grass, sky",
                         elem_id="classes",
                     )
                     threshold = gr.Slider(
                         0.0,
                         1.0,
-                        value=BACKGROUND_THRESHOLDS["voc"],
+                        value=self.segmenter.background_threshold,
                         step=0.01,
                         label="Background threshold",
-                        info="presets: VOC and COCO-Object 0.95, Context 0.35; 0 turns background off",
+                        info="presets: VOC and COCO-Object 0.95, Context 0.35; 0 turns background off"
+                        + ("; the default is the one calibrated with this model" if calibrated else ""),
                         elem_id="threshold",
                     )
                     words = gr.Textbox(
@@ -249,13 +271,15 @@ class SegmentationApp:
                     )
                     mode = gr.Radio(
                         list(MODES),
-                        value="slide",
+                        value=self.segmenter.mode,
                         label="Test mode",
-                        info="slide: 448 crops, stride 224 (the official protocol); whole: one pass",
+                        info=f"slide: {self.segmenter.crop_size} crops, stride {self.segmenter.stride} (the official "
+                        "protocol at 448); whole: one pass",
                         elem_id="mode",
                     )
                     button = gr.Button("Segment", variant="primary", elem_id="segment")
-                    gr.Examples(self.write_examples(), inputs=[image, classes], example_labels=list(EXAMPLES))
+                    rows, labels = self.write_examples()
+                    gr.Examples(rows, inputs=[image, classes], example_labels=labels)
                 with gr.Column():
                     overlay_out = gr.Image(
                         label="Overlay", type="pil", format="png", interactive=False, elem_id="overlay"

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from .config import GroupViTConfig, TextConfig, VisionConfig, list_presets, model_config
 from .model import GroupViT
+from .settings import TestSettings
 
 FORMAT_TAG = "groupvit"
 # Where our config travels in the other layouts: an extra entry of the NVlabs .pth (the reference reads only
@@ -552,12 +553,32 @@ def load_model(
     """
     from .pretrained import resolve  # it imports this module
 
-    state_dict, cfg, _ = read_checkpoint(resolve(name_or_path, source), config)  # checked against the architecture
+    path = resolve(name_or_path, source)
+    state_dict, cfg, _ = read_checkpoint(path, config)  # checked against the architecture
     with torch.device("meta"):
         model = GroupViT(cfg)
-    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}  # fp16/bf16 files too
     model.load_state_dict(state_dict, assign=True)
+    model.test_settings = read_test_settings(path) or model.test_settings
     return model.to(device).eval()
+
+
+def read_test_settings(path: str | Path) -> TestSettings | None:
+    """The test settings one of our .safetensors files records (groupvit.settings), or None."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get("test_settings")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path} as safetensors; it may be truncated ({e})") from None
+    if text is None:
+        return None
+    try:
+        return TestSettings.from_dict(json.loads(text))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: the test settings in its metadata are not valid ({e})") from None
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -576,12 +597,20 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
-def save_model(model: GroupViT, path: str | Path, layout: str = FORMAT_TAG) -> Path:
-    """Write `model` as ours (`.safetensors` + config metadata), 'hf' (a directory) or 'nvlabs' (`.pth`)."""
+def save_model(model: GroupViT, path: str | Path, layout: str = FORMAT_TAG, dtype: torch.dtype | None = None) -> Path:
+    """Write `model` as ours (`.safetensors` + config and test-settings metadata), 'hf' (a directory) or 'nvlabs'
+    (`.pth`). dtype: store floating-point tensors in it (torch.float16 halves the file; `load_model` reads them
+    back as float32); ours only."""
     path = Path(path)
+    if dtype is not None and layout != FORMAT_TAG:
+        raise ValueError(f"a storage dtype applies to our .safetensors layout only, not {layout!r}")
     if layout == FORMAT_TAG:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        metadata = {"format": FORMAT_TAG, "config": model.config.to_json()}
+        tensors = {
+            k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+            for k, v in model.state_dict().items()
+        }
+        metadata = {"format": FORMAT_TAG, "config": model.config.to_json(),
+                    "test_settings": model.test_settings.to_json()}  # fmt: skip
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     elif layout == "hf":
         if not model.config.vision.hard_assignment:

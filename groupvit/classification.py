@@ -18,16 +18,26 @@ from .templates import get_templates
 class ZeroShotClassifier:
     """Rank class names for whole images: logits = normalize(z_image) . T^T, T averaged over templates."""
 
-    def __init__(self, model: GroupViT, class_names: Sequence[str], templates: str | Sequence[str] = "subset") -> None:
+    def __init__(
+        self,
+        model: GroupViT,
+        class_names: Sequence[str],
+        templates: str | Sequence[str] = "subset",
+        short_side: int | None = None,
+    ) -> None:
+        """short_side: images are resized to it, then centre-cropped to the model's training size (at most the
+        short side). Default: 256/224 of the training size, the protocol's 256 for the 224-pixel models (spec 5.5)."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.class_names = check_class_names(class_names, unique=False, limit=MAX_CLASSES)
         self.text_embeds = class_text_embeddings(model, self.class_names, get_templates(templates))  # [C, D]
-        self.transform = eval_transform(224, resize=256)  # short side 256, centre crop 224 (spec 5.5)
+        size = model.config.vision.image_size
+        short_side = short_side or int(size * 256 / 224)
+        self.transform = eval_transform(min(size, short_side), resize=short_side)
 
     @torch.no_grad()
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised 224x224 pixels [B, 3, 224, 224] -> cosine similarities [B, C]."""
+        """Normalised pixels [B, 3, S, S] (S: the model's training size) -> cosine similarities [B, C]."""
         image = F.normalize(self.model.encode_image(pixels.to(self.device)).float(), dim=-1)
         return image @ self.text_embeds.t()
 

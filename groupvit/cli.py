@@ -72,8 +72,9 @@ def _load(args: argparse.Namespace):
 
     if not args.checkpoint and not args.random_init:
         raise ValueError(
-            "no --checkpoint given: pass released weights by name (gcc_yfcc, gcc_redcaps; see `groupvit list`), an "
-            "NVlabs .pth, a transformers folder or a .safetensors file; --random-init PRESET for untrained weights"
+            "no --checkpoint given: pass weights by name (gcc_yfcc, gcc_redcaps for photographs; synthvoc, shipped, "
+            "for SynthVOC scenes; see `groupvit list`), an NVlabs .pth, a transformers folder or a .safetensors file; "
+            "--random-init PRESET for untrained weights"
         )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
@@ -101,24 +102,37 @@ def _segment(args: argparse.Namespace) -> int:
     from .segmentation import BACKGROUND_THRESHOLDS, ZeroShotSegmenter, check_class_names
     from .viz import group_maps_image, label_image, overlay
 
-    class_names = check_class_names(args.classes)
+    class_names = None if args.classes is None else check_class_names(args.classes)
     naming = _naming(args)
-    threshold = None if args.no_background else args.background_threshold
-    if threshold is None and not args.no_background:
-        threshold = BACKGROUND_THRESHOLDS[args.dataset]
     images = input_files(args.images)
     stems = _output_stems(images)
     out = output_dir(args.out, names=[s + o for s in stems for o in SEGMENT_OUTPUTS], overwrite=args.overwrite)
+    model = _load(args)
+    # The model's test settings (groupvit.settings), under what the command line gives.
+    threshold = BACKGROUND_THRESHOLDS[args.dataset] if args.dataset else None
+    threshold = threshold if args.background_threshold is None else args.background_threshold
+    settings = model.test_settings.merged(short_side=args.short_side, mode=args.mode, background_threshold=threshold,
+                                          naming=None if naming.official else naming)  # fmt: skip
+    if class_names is None:
+        if not settings.classes:
+            raise ValueError("--classes is required: this model records no vocabulary of its own")
+        class_names = list(settings.classes)
+    threshold = settings.background_threshold
+    threshold = None if args.no_background else BACKGROUND_THRESHOLDS["voc"] if threshold is None else threshold
+    origin = "recorded with the model" if model.test_settings.recorded(model.config) else "the protocol's"
+    print(f"groupvit segment: {settings.merged(background_threshold=threshold).describe()} ({origin}; "
+          "--short-side, --mode, --background-threshold change it)", file=sys.stderr)  # fmt: skip
     segmenter = ZeroShotSegmenter(
-        _load(args),
+        model,
         class_names,
         background_threshold=threshold,
-        mode=args.mode,
+        mode=settings.mode,
         templates=args.templates,
+        short_side=settings.short_side,
         refine=args.refine,
         batch_size=args.batch_size,
         autocast_dtype=_dtype(args),
-        naming=naming,
+        naming=settings.naming,
     )
     failures = 0
     for path, stem in tqdm(list(zip(images, stems, strict=True)), desc="segment", unit="image",
@@ -141,11 +155,12 @@ def _segment(args: argparse.Namespace) -> int:
             "classes": class_names,
             "present": [n for n in result.fractions() if n != "background"],
             "fractions": result.fractions(),
-            "mode": args.mode,
+            "mode": settings.mode,
+            "short_side": settings.short_side,
             "background_threshold": threshold,
             "refine": args.refine,
             "checkpoint": args.checkpoint or f"random-init {args.random_init}",
-            **({} if naming.official else {"protocol": "variant", "naming": naming.to_dict()}),
+            **({} if settings.naming.official else {"protocol": "variant", "naming": settings.naming.to_dict()}),
         }
         for name, picture in pictures.items():
             atomic_write(out / name, lambda tmp, pic=picture: pic.save(tmp, format="PNG"))
@@ -174,7 +189,7 @@ def _classify(args: argparse.Namespace) -> int:
 
     class_names = check_class_names(args.classes, unique=False, limit=MAX_CLASSES)
     images = input_files(args.images)
-    classifier = ZeroShotClassifier(_load(args), class_names, templates=args.templates)
+    classifier = ZeroShotClassifier(_load(args), class_names, templates=args.templates, short_side=args.short_side)
     failures = 0
     for path in images:
         try:
@@ -244,7 +259,8 @@ def _eval(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.root, split=args.split)
     model = _load(args)
     threshold = DATASET_DEFAULT if args.background_threshold is None else args.background_threshold
-    options = dict(templates=args.templates or "simple", batch_size=args.batch_size, autocast_dtype=_dtype(args))
+    options = dict(templates=args.templates or "simple", batch_size=args.batch_size, autocast_dtype=_dtype(args),
+                   short_side=args.short_side)  # fmt: skip
     naming = _naming(args)
     if args.per_class_thresholds and not args.calibrate_background:
         raise ValueError("--per-class-thresholds calibrates on held-out images: also pass --calibrate-background N")
@@ -322,8 +338,15 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_OUTPUTS, DemoOptions, run_demo
+    from .demo import DEMO_OUTPUTS, DemoOptions, run_demo, scene_file, write_scenes
 
+    if args.scenes_only:
+        names = [scene_file(i) for i in range(args.scenes_only)] + ["captions.txt"]
+        output_dir(args.out, names=names, overwrite=args.overwrite)
+        options = DemoOptions(out=Path(args.out), seed=args.seed, config=args.config, scene=tuple(args.scene))
+        paths = write_scenes(options, args.scenes_only)
+        print(f"wrote {len(paths)} SynthVOC validation scenes and captions.txt to {args.out}")
+        return 0
     output_dir(args.out, names=DEMO_OUTPUTS, overwrite=args.overwrite)
     if args.data:
         output_dir(args.data, "--data")
@@ -350,9 +373,9 @@ EXIT_CODES = ("exit codes: 0 done; 1 bad data (some inputs skipped or none usabl
               "2 a usage error (options, paths, configs, checkpoints, outputs), reported before any work")  # fmt: skip
 
 
-CHECKPOINT_HELP = ("released weights by name: gcc_yfcc, gcc_redcaps (NVIDIA's, non-commercial licence; downloaded "
-                   "once, `groupvit list`), NAME@nvlabs, hf-hub:ORG/REPO[@REV]; or an NVlabs .pth, a transformers "
-                   "folder or our .safetensors")  # fmt: skip
+CHECKPOINT_HELP = ("weights by name: synthvoc (shipped in the package: SynthVOC scenes, not photographs), gcc_yfcc, "
+                   "gcc_redcaps (NVIDIA's, non-commercial licence; downloaded once, `groupvit list`), NAME@nvlabs, "
+                   "hf-hub:ORG/REPO[@REV]; or an NVlabs .pth, a transformers folder or our .safetensors")  # fmt: skip
 SOURCE_HELP = ("where released weights come from: hf (the Hugging Face Hub) or nvlabs (the release .pth, which keeps "
                "the multi-label temperature); default: hf, then nvlabs")  # fmt: skip
 
@@ -406,6 +429,15 @@ def _naming(args: argparse.Namespace):
     thresholds = load_class_thresholds(args.background_thresholds) if args.background_thresholds else None
     return Naming(background_words=background_words(args.background_words), class_thresholds=thresholds,
                   min_area=args.min_area, top_k=args.top_k, gate=args.gate, hierarchical=args.hierarchical)  # fmt: skip
+
+
+def _add_test_size_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=["slide", "whole"],
+                   help="slide (crops at a stride: the official protocol) or whole (one pass); default: the model's "
+                   "test setting")  # fmt: skip
+    p.add_argument("--short-side", type=positive_int, metavar="N",
+                   help="resize images to this short side (default: the model's test setting: 448 for the released "
+                   "224-pixel models, the training size of SynthVOC models)")  # fmt: skip
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -466,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scene generator option over the preset's, repeatable: max_clutter=0, max_objects=2, "
                         "object_scale=[0.45,0.75] (data cached per setting)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
+    p.add_argument("--scenes-only", type=positive_int, metavar="N",
+                   help="only write the first N validation scenes as PNGs (and captions.txt) to --out, to try "
+                   "`groupvit segment --checkpoint synthvoc` on; no training")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="training config overrides as key=value, e.g. lr=2e-3")
     p.set_defaults(run=_demo)
 
@@ -497,16 +532,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="segment images into the given class names (zero-shot)")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "dog,grass,sky"; at most '
-                   "255 (the label PNG's palette), each cut to 77 text tokens, with a warning")  # fmt: skip
+    p.add_argument("--classes", help='comma-separated class names, e.g. "dog,grass,sky"; at most 255 (the label '
+                   "PNG's palette), each cut to 77 text tokens, with a warning (default: the vocabulary the model "
+                   "records, as the shipped synthvoc does)")  # fmt: skip
     p.add_argument("--out", default="segment_out", help="output folder (default: segment_out)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out (default: refuse)")
-    p.add_argument("--mode", choices=["slide", "whole"], default="slide", help="slide: the official protocol")
+    _add_test_size_options(p)
     bg = p.add_mutually_exclusive_group()
     bg.add_argument("--background-threshold", type=unit_float,
-                    help="background below this score, 0-1 (default: --dataset's)")  # fmt: skip
+                    help="background below this score, 0-1 (default: --dataset's, else the model's: VOC's 0.95 "
+                    "for the released models, the calibrated one of the shipped synthvoc)")  # fmt: skip
     bg.add_argument("--no-background", action="store_true", help="no background class: every pixel gets a class")
-    p.add_argument("--dataset", choices=["voc", "context", "coco_object"], default="voc",
+    p.add_argument("--dataset", choices=["voc", "context", "coco_object"],
                    help="preset background threshold: voc 0.95, context 0.35, coco_object 0.95")  # fmt: skip
     p.add_argument("--templates", default="simple", choices=["simple", "subset", "full"])
     p.add_argument("--refine", choices=["pamr"], help="optional PAMR refinement (not the official protocol)")
@@ -541,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=benchmarks)
     p.add_argument("--root", required=True, help="the dataset folder, e.g. VOCdevkit/VOC2012 or imagenet/val")
     p.add_argument("--split", default="val")
-    p.add_argument("--mode", choices=["slide", "whole"], default="slide")
+    _add_test_size_options(p)
     p.add_argument("--limit", type=positive_int, help="only the first N images")
     p.add_argument("--out", help="write the results as JSON (miou, pixel_accuracy, per_class in percent)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (default: refuse)")
@@ -578,11 +615,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", required=True, help="comma-separated class names (at most 1000)")
     p.add_argument("--templates", default="subset", choices=["simple", "subset", "full"])
     p.add_argument("--top", type=positive_int, default=5, help="classes listed per image (default: 5)")
+    p.add_argument("--short-side", type=positive_int, metavar="N",
+                   help="resize images to this short side, then centre-crop the model's training size (default: "
+                   "256 for the released 224-pixel models, as the protocol; 256/224 of the training size)")  # fmt: skip
     _add_model_options(p)
     p.set_defaults(run=_classify)
 
     p = sub.add_parser("app", help="a web page (Gradio) to segment photos into any words and see the groups")
-    _add_weights_options(p, CHECKPOINT_HELP + " (default: untrained random gcc_yfcc weights; the page warns)")
+    _add_weights_options(p, CHECKPOINT_HELP + " (default: synthvoc, the small model shipped in "
+                         "the package, trained on SynthVOC scenes)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=port, default=7860)
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when a GPU is visible, else cpu")

@@ -23,12 +23,15 @@ import yaml
 from .config import GroupViTConfig, dataclass_from_dict, parse_yaml
 from .data.synthvoc import SceneOptions
 from .naming import SCLIP_WORDS, Naming
+from .settings import TestSettings
 
 PRESET = "synthvoc"  # groupvit/configs/synthvoc.yaml: model and train sections
 # Naming variants (groupvit.naming) tried on calib, each with its own threshold; the best is reported beside the
 # headline, which keeps the official naming.
 NAMINGS = {"official": Naming(), "voc_words": Naming(background_words=SCLIP_WORDS), "area_0.1": Naming(min_area=0.1),
            "hierarchical_0.3": Naming(hierarchical=0.3)}  # fmt: skip
+# The model shipped in the package (groupvit.pretrained), which the report compares with the fresh one.
+SHIPPED = "synthvoc"
 # The results a demo run writes in its --out; the command refuses a folder holding any without --overwrite.
 DEMO_OUTPUTS = ("results.json", "report.html", "model.safetensors", "checkpoint.pt")
 
@@ -207,10 +210,37 @@ def prepare_data(options: DemoOptions, scene: SceneOptions) -> tuple[Path, str]:
     return root, train_shards(tagged, spec)
 
 
+def scene_file(index: int) -> str:
+    """The name of validation scene `index`, as in SynthVOC's VOC layout (val_000003)."""
+    return f"val_{index:06d}.png"
+
+
+def write_scenes(options: DemoOptions, count: int) -> list[Path]:
+    """The first `count` validation scenes of the demo's SynthVOC (its seed and scene options) as PNG files in
+    `options.out`, with captions.txt, without generating the rest or training: pictures to try `groupvit segment
+    --checkpoint synthvoc` on. The same scenes as the generated val split's first ones, byte for byte in pixels."""
+    from PIL import Image
+
+    from .checkpoint import atomic_write
+    from .data.synthvoc import make_scene
+
+    scene = scene_options(preset_sections(options.config)[2], options.scene)
+    out = Path(options.out)
+    paths, captions = [], []
+    for i in range(count):
+        made = make_scene(options.seed, "val", i, scene)
+        path = out / scene_file(i)
+        atomic_write(path, lambda tmp, rgb=made.image: Image.fromarray(rgb).save(tmp, format="PNG"))
+        paths.append(path)
+        captions.append(f"{path.name}\t{made.caption}\n")
+    atomic_write(out / "captions.txt", lambda tmp: Path(tmp).write_text("".join(captions)))
+    return paths
+
+
 def run_demo(options: DemoOptions) -> dict:
     """Data, training for `options.minutes`, calibrated zero-shot evaluation, report. Returns results.json's dict."""
 
-    from .checkpoint import load_model
+    from .checkpoint import load_model, save_model
     from .data.nouns import BOILERPLATE_WORDS
     from .data.synthvoc import voc_root
     from .evaluation.datasets import load_dataset
@@ -244,6 +274,16 @@ def run_demo(options: DemoOptions) -> dict:
     size = cfg.image_size
     result = evaluate_demo(model, voc, size)
     val = load_dataset("voc", voc, "val")
+    # Run later as it was scored here (groupvit.settings): `groupvit segment --checkpoint OUT/model.safetensors`.
+    model.test_settings = TestSettings(
+        short_side=size, mode="whole", crop_size=size, stride=size // 2,
+        background_threshold=result["background_threshold"], classes=tuple(val.class_names),
+        about=f"GroupViT trained by `groupvit demo` on SynthVOC captions ({options.recipe} recipe, "
+              f"{summary['steps']} steps)",
+        trained_on="synthvoc",
+    )  # fmt: skip
+    save_model(model, out / "model.safetensors")
+    shipped = shipped_model()
     scenes = json.loads((voc / "scenes.json").read_text())
     by_objects: dict[int, list[int]] = {}
     for item in result.pop("per_image"):
@@ -263,9 +303,40 @@ def run_demo(options: DemoOptions) -> dict:
         prompt_similarity=prompt_similarity(class_text_embeddings(model, val.class_names), val.class_names),
         curve=summary["eval_history"],
     )  # fmt: skip
+    if shipped is not None:
+        result["shipped_model"] = score_shipped(shipped, val)
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    write_report(model, val, scenes, result, out, result["background_threshold"], size)
+    write_report(model, val, scenes, result, out, result["background_threshold"], size, shipped=shipped)
     return result
+
+
+def shipped_model():
+    """The model shipped in the package, or None where this copy of the package has none (a source checkout
+    without the weights file)."""
+    from .checkpoint import load_model
+    from .pretrained import DownloadError
+
+    try:
+        return load_model(SHIPPED)
+    except DownloadError:
+        return None
+
+
+def score_shipped(model, val) -> dict:
+    """The shipped model on the same validation scenes, at the settings recorded with it."""
+    from .evaluation.run import evaluate_namings
+
+    settings = model.test_settings
+    scores = evaluate_namings(model, val, {"": (settings.background_threshold, settings.naming)}, settings.mode,
+                              short_side=settings.short_side, oracle=True, recognition=True)[""]  # fmt: skip
+    return {
+        "name": SHIPPED,
+        "about": settings.about,
+        "background_threshold": settings.background_threshold,
+        "miou": scores["miou"],
+        "oracle_miou": scores["oracle"]["miou"],
+        "recognition": scores["recognition"],
+    }
 
 
 def evaluate_demo(model, voc: Path, size: int, calib_images: int = 100) -> dict:
@@ -299,8 +370,9 @@ def evaluate_demo(model, voc: Path, size: int, calib_images: int = 100) -> dict:
 
 
 def write_report(model, dataset, scenes: dict, result: dict, out: Path, threshold: float, size: int,
-                 images: int = 12) -> Path:  # fmt: skip
-    """report.html: the numbers, the mIoU curve, and a grid of image / ground truth / prediction / group maps."""
+                 images: int = 12, shipped=None) -> Path:  # fmt: skip
+    """report.html: the numbers, the mIoU curve, and a grid of image / ground truth / prediction / group maps;
+    with `shipped` (the model shipped in the package), its prediction beside the fresh model's."""
     from .segmentation import ZeroShotSegmenter
     from .viz import comparison_grid, group_maps_image, result_grid
 
@@ -308,13 +380,15 @@ def write_report(model, dataset, scenes: dict, result: dict, out: Path, threshol
         return a.repeat(3, axis=0).repeat(3, axis=1)
 
     segmenter = ZeroShotSegmenter(model, dataset.class_names, threshold, mode="whole", short_side=size)
+    other = None if shipped is None else ZeroShotSegmenter(shipped, dataset.class_names, group_maps=False)
     rows, groups = [], []
     for i in range(min(images, len(dataset))):
         _, image, target = dataset[i]
         seg = segmenter(image)
-        rows.append((big(image), big(target), big(seg.labels)))
+        rows.append((big(image), big(target), big(seg.labels), *([] if other is None else [big(other(image).labels)])))
         groups.append([group_maps_image(big(image), [big(g) for g in seg.group_maps])])
-    comparison_grid(rows, dataset.label_names).save(out / "report_grid.png")
+    titles = ("image", "ground truth", "this run", *([] if other is None else [f"shipped {SHIPPED}"]))
+    comparison_grid(rows, dataset.label_names, titles).save(out / "report_grid.png")
     result_grid(groups).save(out / "report_groups.png")
     table = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{'absent' if iou is None else f'{iou:.1f}'}</td></tr>"
@@ -339,6 +413,7 @@ classes, pooled embedding / best group): {result["recognition"]["pooled"]:.1f} %
 {result["recognition"]["best_group"]:.1f} %. Naming chosen on calib among {html.escape(", ".join(NAMINGS))}:
 <b>{html.escape(result["naming_choice"]["chosen"])}</b> (threshold {result["naming_choice"]["threshold"]}), val mIoU
 {result["naming_choice"]["val_miou"]:.2f} (a protocol variant; groupvit.naming).</p>
+{shipped_paragraph(result.get("shipped_model"))}
 {curve_svg(result["curve"])}
 <h2>Validation scenes</h2><img src="report_grid.png" alt="image, ground truth and prediction">
 <img src="report_groups.png" alt="final groups of every stage">
@@ -347,6 +422,17 @@ classes, pooled embedding / best group): {result["recognition"]["pooled"]:.1f} %
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def shipped_paragraph(scores: dict | None) -> str:
+    if scores is None:
+        return "<p>No model is shipped in this copy of the package to compare with.</p>"
+    return (
+        f"<p>On the same scenes, the model shipped in the package (<code>{SHIPPED}</code>: "
+        f"{html.escape(scores['about'])}) scores <b>mIoU {scores['miou']:.2f}</b> at the threshold recorded with "
+        f"it ({scores['background_threshold']}), oracle-named {scores['oracle_miou']:.2f}, recognition "
+        f"{scores['recognition']['pooled']:.1f} %; its predictions are the last column of the grid.</p>"
+    )
 
 
 def curve_svg(history: list[dict], width: int = 480, height: int = 200) -> str:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .config import GroupViTConfig
+from .settings import TestSettings
 from .text import TextEncoder
 from .vision import VisionEncoder
 
@@ -53,6 +54,9 @@ class GroupViT(nn.Module):
     def __init__(self, config: GroupViTConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or GroupViTConfig()
+        # How to run it at test time (short side, mode, threshold): the protocol's for its training size, or what
+        # its file recorded (load_model); save_model writes it back.
+        self.test_settings = TestSettings.for_config(config)
         self.visual = VisionEncoder(config.vision)
         self.text = TextEncoder(config.text)
         self.visual_projection = ProjectionHead(

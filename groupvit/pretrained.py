@@ -8,6 +8,7 @@
   checked as torch.hub does, cached under `$GROUPVIT_CACHE/pretrained` (default ~/.cache/groupvit/pretrained);
 * from a file shipped inside this package (kind "package").
 
+`synthvoc` is a model this package trained on its own captioned scenes and ships inside itself: it loads offline.
 `hf-hub:ORG/REPO[@REVISION]` names any transformers-layout GroupViT on the hub. Sources are tried in table order
 until one works; when none does the error says which were tried and why, on one line.
 """
@@ -79,6 +80,10 @@ def _released(name: str, about: str, repo: str, revision: str, nvlabs_file: str)
     return Pretrained(name, about, NVIDIA_NC, sources)
 
 
+# Ours, inside the package: trained by `groupvit demo` on SynthVOC captions (docs/models.md, its model card).
+SYNTHVOC_FILE = "weights/synthvoc.safetensors"
+SYNTHVOC_ABOUT = ("a small GroupViT this package trained on SynthVOC captions alone (docs/models.md): the 20 VOC "
+                  "classes in emoji-like scenes, not photographs; offline, in the package")  # fmt: skip
 # Commits read off the repositories' histories on huggingface.co: the head of main when this table was written
 # (yfcc: "Add TF weights (#1)", only pytorch_model.bin; redcaps: "Adding `safetensors` variant (#1)").
 PRETRAINED: dict[str, Pretrained] = {
@@ -90,6 +95,8 @@ PRETRAINED: dict[str, Pretrained] = {
         _released("gcc_redcaps", "GCC3M+12M+RedCaps12M, 30 epochs: VOC 50.8, Context 23.7, COCO 27.5 mIoU; IN-1k 51.6",
                   "nvidia/groupvit-gcc-redcaps", "681e10603ff58911e89d8c4cdfaa93499387c315",
                   "group_vit_gcc_redcap_30e-3dd09a76.pth"),
+        Pretrained("synthvoc", SYNTHVOC_ABOUT, "Apache-2.0, as this package (its training scenes are drawn from "
+                   "OpenMoji glyphs, CC BY-SA 4.0)", (Source("package", SYNTHVOC_FILE, size_mb=7),)),
     )
 }  # fmt: skip
 

@@ -28,6 +28,7 @@ from .model import GroupViT, ImageGroups
 from .naming import Naming, area_filter, name_pixels, threshold_vector
 from .naming import background_channel as background_channel  # re-exported: the protocol's steps
 from .naming import group_class_affinity as group_class_affinity
+from .settings import FROM_MODEL
 from .templates import get_templates
 from .tokenizer import CONTEXT_LENGTH, tokenize
 from .tokenizer import encode as token_ids
@@ -268,8 +269,13 @@ class EncodedImage:
 class ZeroShotSegmenter:
     """Segment images into the given class names with a GroupViT (spec section 5).
 
+    The resize, test mode and background threshold default to the model's `test_settings` (groupvit.settings):
+    the official protocol's for the released models (448 short side, 448 crops at stride 224, threshold 0.95),
+    the settings a model recorded otherwise (the shipped `synthvoc`: its 64-pixel training size, calibrated
+    threshold). Any argument given overrides them.
+
     background_threshold: None for vocabularies that cover everything (labels are then 1..C only).
-    mode: 'slide' (448 crops, stride 224: the official protocol) or 'whole'.
+    mode: 'slide' (crops at a stride: the official protocol) or 'whole'.
     templates: a set name ('simple' = "a photo of a {}.", 'subset', 'full') or a list of templates.
     refine: None (official) or 'pamr' (pixel-adaptive mask refinement, a protocol variant).
     autocast_dtype: None (fp32), torch.bfloat16 (GPU, or CPUs with AVX512-BF16/AMX) or torch.float16 (GPU).
@@ -282,19 +288,26 @@ class ZeroShotSegmenter:
         self,
         model: GroupViT,
         class_names: Sequence[str],
-        background_threshold: float | None = 0.95,
-        mode: str = "slide",
+        background_threshold: float | object | None = FROM_MODEL,
+        mode: str | None = None,
         templates: str | Sequence[str] = "simple",
-        short_side: int = 448,
+        short_side: int | None = None,
         long_side: int = 2048,
-        crop_size: int = 448,
-        stride: int = 224,
+        crop_size: int | None = None,
+        stride: int | None = None,
         batch_size: int = 8,
         refine: str | None = None,
         autocast_dtype: torch.dtype | None = None,
         group_maps: bool = True,
         naming: Naming | None = None,
     ) -> None:
+        settings = model.test_settings
+        if background_threshold is FROM_MODEL:
+            recorded = settings.background_threshold
+            background_threshold = BACKGROUND_THRESHOLDS["voc"] if recorded is None else recorded
+        mode = mode or settings.mode
+        short_side, crop_size = short_side or settings.short_side, crop_size or settings.crop_size
+        stride = stride or settings.stride
         if mode not in ("slide", "whole"):
             raise ValueError(f"mode must be 'slide' or 'whole', got {mode!r}")
         if refine not in (None, "pamr"):
@@ -309,7 +322,7 @@ class ZeroShotSegmenter:
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
         self.return_group_maps = group_maps
-        self.naming = naming or Naming()
+        self.naming = settings.naming if naming is None else naming
         self.templates = get_templates(templates)
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self.set_classes(class_names)

@@ -137,33 +137,32 @@ def result_grid(rows: Sequence[Sequence[Image.Image]], titles: Sequence[str] | N
 
 
 def comparison_grid(
-    rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    rows: Sequence[tuple[np.ndarray, ...]],
     label_names: Sequence[str],
     titles: Sequence[str] = ("image", "ground truth", "prediction"),
     ignore_index: int = 255,
 ) -> Image.Image:
-    """One picture for an evaluation report: a row per image of (photo, ground truth, prediction).
+    """One picture for an evaluation report: a row per image of (photo, ground truth, prediction, ...).
 
-    rows: (RGB uint8 [H, W, 3], ground truth [H, W], prediction [H, W]) with integer labels in the dataset's
-    label space (label i is `label_names[i]`; with a background class, `label_names[0]` is 'background'), and
-    `ignore_index` for unlabelled pixels. Label maps are drawn in the VOC palette (ignored pixels in VOC's
-    cream boundary colour), rows may differ in size, and a legend of every label seen in the grid is added on
-    the right. Returns an RGB PIL image.
+    rows: (RGB uint8 [H, W, 3], then label maps [H, W]: the ground truth and one prediction per compared model)
+    with integer labels in the dataset's label space (label i is `label_names[i]`; with a background class,
+    `label_names[0]` is 'background'), and `ignore_index` for unlabelled pixels. Label maps are drawn in the VOC
+    palette (ignored pixels in VOC's cream boundary colour), rows may differ in size, and a legend of every label
+    seen in the grid is added on the right. Returns an RGB PIL image.
     """
     if not rows:
         raise ValueError("comparison_grid needs at least one (image, ground truth, prediction) row")
     palette, seen = voc_palette(), set()
     pictures = []
-    for image, truth, prediction in rows:
-        if not image.shape[:2] == truth.shape == prediction.shape:
-            raise ValueError(
-                f"image {image.shape[:2]}, ground truth {truth.shape} and prediction {prediction.shape} differ in size"
-            )
-        for labels in (truth, prediction):
+    for image, *maps in rows:
+        if not maps or any(m.shape != image.shape[:2] for m in maps):
+            sizes = ", ".join(str(m.shape) for m in maps)
+            raise ValueError(f"image {image.shape[:2]} and its label maps ({sizes or 'none'}) differ in size")
+        for labels in maps:
             seen.update(int(i) for i in np.unique(labels))
             if (labels != ignore_index).any() and labels[labels != ignore_index].max() >= len(label_names):
                 raise ValueError(f"label {int(labels[labels != ignore_index].max())} has no name in label_names")
-        pictures.append([Image.fromarray(image), *(Image.fromarray(colorize(m, palette)) for m in (truth, prediction))])
+        pictures.append([Image.fromarray(image), *(Image.fromarray(colorize(m, palette)) for m in maps)])
     entries = [(label_names[i], tuple(palette[i])) for i in sorted(seen - {ignore_index})]
     if ignore_index in seen:
         entries.append(("ignored", tuple(palette[ignore_index % len(palette)])))

@@ -40,7 +40,8 @@ def test_eval_cli_equals_per_image_segmentation(voc_root, small_checkpoint, tmp_
     out = tmp_path / "voc.json"
     run = subprocess.run(
         [sys.executable, "-m", "groupvit", "eval", "--dataset", "voc", "--root", str(voc_root), "--checkpoint",
-         str(small_checkpoint), "--mode", "whole", "--oracle", "--recognition", "--out", str(out)],
+         str(small_checkpoint), "--mode", "whole", "--short-side", "448", "--oracle", "--recognition", "--out",
+         str(out)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -50,7 +51,8 @@ def test_eval_cli_equals_per_image_segmentation(voc_root, small_checkpoint, tmp_
     assert result["protocol"] == "official" and result["background_threshold"] == 0.95
 
     model = groupvit.load_model(small_checkpoint)
-    seg = groupvit.segmentation.ZeroShotSegmenter(model, VOC_NAMES, background_threshold=0.95, mode="whole")
+    seg = groupvit.segmentation.ZeroShotSegmenter(model, VOC_NAMES, background_threshold=0.95, mode="whole",
+                                                  short_side=448)  # fmt: skip
     predictions, targets = [], []
     for image_id in (voc_root / "ImageSets/Segmentation/val.txt").read_text().split():
         predictions.append(seg(voc_root / "JPEGImages" / f"{image_id}.jpg").labels)

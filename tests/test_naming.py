@@ -273,8 +273,10 @@ def test_eval_labels_variants_and_shares_one_pass(model, voc_root):
     assert "naming" not in together["official"] and together["words"]["naming"]["background_words"] == ["sky", "grass"]
     assert together["words"]["protocol"] == "variant" and together["k1"]["naming"]["top_k"] == 1
     assert together["official"]["recognition"]["images"] == 3
-    official = evaluate_segmentation(model, dataset, "whole", progress=False, limit=1)
+    official = evaluate_segmentation(model, dataset, "whole", progress=False, limit=1, short_side=448)
     assert official["protocol"] == "official" and "naming" not in official
+    own_size = evaluate_segmentation(model, dataset, "whole", progress=False, limit=1)  # the model's: 2 x 64
+    assert own_size["short_side"] == 128 and own_size["protocol"] == "variant"
     voc20 = load_dataset("voc20", voc_root)
     with pytest.raises(ValueError, match="no background class"):
         evaluate_segmentation(model, voc20, "whole", naming=Naming(min_area=0.1), progress=False)

@@ -254,7 +254,8 @@ def test_the_app_names_released_weights_and_their_licence(release):
 
     loaded, description, warning = load_app_model("gcc_yfcc@nvlabs", "cpu")
     assert warning is None and (embed(loaded) - embed(model)).abs().max() < 1e-6
-    assert description == f"released `gcc_yfcc@nvlabs` weights ({pretrained.NVIDIA_NC})"
+    entry = PRETRAINED["gcc_yfcc"]
+    assert description == f"`gcc_yfcc@nvlabs`, {entry.description}. Licence: {pretrained.NVIDIA_NC}"
 
 
 def test_without_huggingface_hub_the_next_source_is_tried(release, monkeypatch):
@@ -270,7 +271,7 @@ def test_without_huggingface_hub_the_next_source_is_tried(release, monkeypatch):
 
 
 def test_a_preset_name_is_not_a_checkpoint(small_checkpoint, capsys):
-    assert groupvit.list_pretrained() == ["gcc_yfcc", "gcc_redcaps"]
+    assert groupvit.list_pretrained() == ["gcc_yfcc", "gcc_redcaps", "synthvoc"]
     assert main(["info", "--checkpoint", "small"]) == 2
     err = capsys.readouterr().err
     assert "'small' is a model preset without released weights" in err and "--random-init small" in err

@@ -88,7 +88,7 @@ def evaluate_namings(
     model: GroupViT,
     dataset,
     options: Mapping[str, tuple[float | object | None, Naming]],
-    mode: str = "slide",
+    mode: str | None = None,
     templates: str | Sequence[str] = "simple",
     refine: str | None = None,
     limit: int | None = None,
@@ -96,7 +96,7 @@ def evaluate_namings(
     batch_size: int = 8,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
-    short_side: int = 448,
+    short_side: int | None = None,
     per_image: bool = False,
     recognition: bool = False,
 ) -> dict[str, dict]:
@@ -106,7 +106,9 @@ def evaluate_namings(
     DATASET_DEFAULT is the dataset's own; any other threshold, naming option, refinement or size makes the results
     a protocol variant (`"protocol": "variant"`, the options under `naming`).
 
-    short_side: images are resized to it (448 in the protocol; SynthVOC uses its training size).
+    mode, short_side: 'slide' or 'whole', and the short side images are resized to; None for the model's test
+    settings (groupvit.settings: the protocol's slide mode at 448 for the released models, what a SynthVOC model
+    recorded).
     oracle: also score each final group named by the ground-truth class it overlaps most (grouping apart from
     naming). per_image: also list each image's id and final groups in use (this rank's images only).
     recognition: also score image-level recognition from the same encoder pass: per image, the recall of its
@@ -133,12 +135,17 @@ def evaluate_namings(
             segmenter.background_threshold, segmenter.naming = threshold, naming
             tallies[key].update(image_id, segmenter.name(encoded), target)
     out = {}
+    # The protocol's resize (and windows, when sliding); another size is a variant.
+    protocol_size = segmenter.short_side == 448 and (
+        segmenter.mode == "whole" or (segmenter.crop_size, segmenter.stride) == (448, 224)
+    )
     for key, (threshold, naming) in resolved.items():
-        official = options[key][0] is DATASET_DEFAULT and naming.official and refine is None and short_side == 448
+        official = options[key][0] is DATASET_DEFAULT and naming.official and refine is None and protocol_size
         out[key] = {
             "dataset": dataset.name,
             "images": total,
-            "mode": mode,
+            "mode": segmenter.mode,
+            "short_side": segmenter.short_side,
             "background_threshold": threshold,
             "templates": templates if isinstance(templates, str) else list(templates),
             "protocol": "official" if official else "variant",
@@ -156,7 +163,7 @@ def evaluate_namings(
 def evaluate_segmentation(
     model: GroupViT,
     dataset,
-    mode: str = "slide",
+    mode: str | None = None,
     background_threshold: float | object | None = DATASET_DEFAULT,
     naming: Naming | None = None,
     **options,
@@ -173,7 +180,7 @@ class CalibrationImages:
     448: about 1.6 MB per VOC image; a 64 px SynthVOC scene: 33 kB). Images split across ranks, scores summed."""
 
     def __init__(
-        self, model: GroupViT, dataset, images: int, mode: str = "slide", members: bool = False, **options
+        self, model: GroupViT, dataset, images: int, mode: str | None = None, members: bool = False, **options
     ) -> None:
         rank, world = _rank_world()
         self.dataset = dataset
@@ -225,7 +232,7 @@ def choose_naming(
 
 
 def calibrate_background(
-    model: GroupViT, dataset, images: int, mode: str = "slide", thresholds: Sequence[float] = CALIBRATION_GRID,
+    model: GroupViT, dataset, images: int, mode: str | None = None, thresholds: Sequence[float] = CALIBRATION_GRID,
     naming: Naming | None = None, **options,
 ) -> tuple[float, dict]:  # fmt: skip
     """Pick the background threshold with the best mIoU on the first `images` images of `dataset` (which must
@@ -286,8 +293,9 @@ def evaluate_classification(
 
 
 def evaluate_recognition(model: GroupViT, dataset, templates: str | Sequence[str] = "simple",
-                         short_side: int = 448, limit: int | None = None) -> dict:  # fmt: skip
+                         short_side: int | None = None, limit: int | None = None) -> dict:  # fmt: skip
     """Image-level recognition alone (see `evaluate_segmentation(..., recognition=True)`, which gives it from the
-    segmentation pass): the whole image at `short_side`, {'images', 'pooled', 'best_group'} in percent."""
+    segmentation pass): the whole image at `short_side` (default: the model's), {'images', 'pooled', 'best_group'}
+    in percent."""
     return evaluate_segmentation(model, dataset, "whole", None, templates=templates, limit=limit, progress=False,
                                  short_side=short_side, recognition=True)["recognition"]  # fmt: skip

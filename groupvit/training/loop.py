@@ -5,6 +5,7 @@ Run one process per device with torchrun; gloo on CPU, nccl on GPU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -242,6 +243,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
     model = GroupViT(cfg.model_config()).to(device)
+    # Run later at the size the hook evaluates it at (groupvit.settings; the protocol's 448 for 224-pixel models).
+    model.test_settings = dataclasses.replace(model.test_settings, short_side=cfg.eval_short_side)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     if world > 1:  # before the optimiser is built: the conversion makes new BatchNorm parameters
         model = synchronise_batchnorm(model, device)

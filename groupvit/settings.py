@@ -1,0 +1,100 @@
+"""How a model is meant to be run at test time, stored with its weights.
+
+The official protocol (spec 5.1) resizes to a 448 short side, slides 448 crops with stride 224 and calls a pixel
+background under 0.95: right for the released 224-pixel models. A model trained at another size is run at the size
+it was trained for (a SynthVOC model at 64 pixels would otherwise see a token grid 7 times wider than in training),
+and a model calibrated on its own data (the shipped `synthvoc`) carries its calibrated threshold and naming.
+
+`TestSettings.for_config` gives the protocol's settings scaled to the model's training size (448 = 2 x 224 for the
+released models); `save_model` writes a model's `test_settings` into the file and `load_model` reads them back.
+`groupvit segment`, `eval`, `classify` and the app use them unless told otherwise (`--short-side`, `--mode`,
+`--background-threshold`, the naming options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .config import GroupViTConfig
+from .naming import Naming
+
+MODES = ("slide", "whole")
+FROM_MODEL = object()  # an argument default: "what the model's test settings say"
+
+
+@dataclass(frozen=True)
+class TestSettings:
+    """A model's test-time settings.
+
+    short_side: images are resized so that their short side is this (the protocol: 448 for 224-pixel models).
+    mode, crop_size, stride: 'slide' windows of crop_size at stride, or 'whole' (one pass).
+    background_threshold: None for the dataset's (VOC 0.95); a number where the model was calibrated.
+    naming: how groups become classes or background (groupvit.naming; the default is the official protocol).
+    classes: the vocabulary the model was trained to know (a suggestion for the app and `segment`; may be empty).
+    about: one line on what the model is, for the app's page.
+    trained_on: the kind of images it knows ("synthvoc" for SynthVOC's scenes; empty for photographs).
+    """
+
+    __test__ = False  # not a pytest class
+
+    short_side: int = 448
+    mode: str = "slide"
+    crop_size: int = 448
+    stride: int = 224
+    background_threshold: float | None = None
+    naming: Naming = dataclasses.field(default_factory=Naming)
+    classes: tuple[str, ...] = ()
+    about: str = ""
+    trained_on: str = ""  # "synthvoc" for SynthVOC scenes: the app then shows SynthVOC scenes as examples
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"test mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("short_side", "crop_size", "stride"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"test setting {name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.background_threshold is not None and not 0.0 <= self.background_threshold <= 1.0:
+            raise ValueError(f"test setting background_threshold must be in [0, 1], got {self.background_threshold}")
+        object.__setattr__(self, "classes", tuple(self.classes))
+
+    @classmethod
+    def for_config(cls, config: GroupViTConfig) -> TestSettings:
+        """The protocol's settings scaled to the model's training size: short side and crop twice the training
+        image size, stride the training size (448, 448, 224 for the released 224-pixel models)."""
+        size = config.vision.image_size
+        return cls(short_side=2 * size, crop_size=2 * size, stride=size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"naming": self.naming.to_dict(), "classes": list(self.classes)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TestSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown test settings {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        naming = data.get("naming") or {}
+        if not isinstance(naming, dict):
+            raise ValueError(f"test setting naming must be a mapping, got {naming!r}")
+        return cls(**(data | {"naming": Naming(**naming)}))
+
+    def merged(self, **changes: Any) -> TestSettings:
+        """These settings with the given ones that are not None (command-line options over a model's)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def recorded(self, config: GroupViTConfig) -> bool:
+        """Whether these differ from the protocol's for the model's size (so were recorded with the model)."""
+        return self != TestSettings.for_config(config)
+
+    def describe(self) -> str:
+        """One line for users: what these settings do."""
+        threshold = "the dataset's" if self.background_threshold is None else f"{self.background_threshold:g}"
+        window = f"{self.crop_size}-pixel crops at stride {self.stride}" if self.mode == "slide" else "one pass"
+        naming = "" if self.naming.official else ", a naming variant"
+        return f"short side {self.short_side}, {self.mode} mode ({window}), background threshold {threshold}{naming}"
