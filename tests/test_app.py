@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
@@ -21,7 +23,7 @@ from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 import groupvit
-from groupvit.app import Limits, SegmentationApp, legend_html, load_app_model
+from groupvit.app import SYNTHVOC_EXAMPLES, Limits, SegmentationApp, legend_html, load_app_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -131,6 +133,9 @@ def test_model_is_a_checkpoint_or_a_preset_with_a_warning(small_checkpoint, smal
     assert warning is None and description == "`small.safetensors`"
     expected = small_model.state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in model.state_dict().items())
+    shipped, description, warning = load_app_model(None, "cpu")  # the model shipped in the package
+    assert warning is None and description.startswith("`synthvoc`, a small GroupViT this package trained")
+    assert shipped.test_settings.trained_on == "synthvoc"
     _, description, warning = load_app_model(None, "cpu", random_init="small")
     assert "random `small` preset" in description and "Untrained random weights (small architecture)" in warning
     assert "--checkpoint gcc_yfcc" in warning  # how to get the released weights
@@ -148,6 +153,15 @@ def test_page_shows_the_random_weights_warning(small_model, tmp_path):
     assert examples == ["astronaut.png", "chelsea.png", "coffee.png"]
 
 
+def test_a_synthvoc_model_gets_synthvoc_scenes_and_its_classes(tmp_path):
+    model = groupvit.load_model("synthvoc")
+    page = SegmentationApp(model, "shipped", None, tmp_path).build()
+    written = sorted(p.name for p in (tmp_path / "examples").iterdir())
+    assert written == sorted(e["file"] for e in json.loads((SYNTHVOC_EXAMPLES / "examples.json").read_text()))
+    values = [c.get("props", {}).get("value") for c in page.config["components"]]
+    assert ", ".join(model.test_settings.classes) in values and model.test_settings.background_threshold in values
+
+
 def test_cli_app_reports_a_bad_checkpoint():
     result = subprocess.run([sys.executable, "-m", "groupvit", "app", "--checkpoint", "nope"], capture_output=True,
                             text=True)  # fmt: skip
@@ -163,14 +177,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(small_checkpoint, tmp_path_factory):
-    """`groupvit app` in a subprocess on a free port: 200,000 pixels and 1 MiB at most, 4 classes."""
+@contextlib.contextmanager
+def app_server(args: list[str], log: Path):
+    """`groupvit app ARGS` in a subprocess on a free port -> (url, its temp dir, the process); stopped at exit."""
     port = free_port()
-    log = tmp_path_factory.mktemp("app") / "app.log"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "groupvit", "app", "--checkpoint", str(small_checkpoint), "--port", str(port),
-               "--max-pixels", "200000", "--max-classes", "4", "--max-upload-mb", "1", "--device", "cpu"]  # fmt: skip
+    command = [sys.executable, "-m", "groupvit", "app", *args, "--port", str(port), "--device", "cpu"]
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
@@ -193,6 +205,15 @@ def server(small_checkpoint, tmp_path_factory):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(small_checkpoint, tmp_path_factory):
+    """`groupvit app` on the small random checkpoint: 200,000 pixels and 1 MiB at most, 4 classes."""
+    args = ["--checkpoint", str(small_checkpoint), "--max-pixels", "200000", "--max-classes", "4",
+            "--max-upload-mb", "1"]  # fmt: skip
+    with app_server(args, tmp_path_factory.mktemp("app") / "app.log") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +319,32 @@ def test_missing_chromium_fails_instead_of_skipping(monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", Path("/nonexistent/chromium"))
     with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y chromium"):
         launch_chromium(None)
+
+
+@pytest.mark.slow
+def test_page_serves_the_shipped_model_by_default(tmp_path):
+    """No --checkpoint: the synthvoc model shipped in the package, its classes prefilled, SynthVOC scenes as
+    examples; an example scene with its prefilled classes gets its largest object's class in the legend."""
+    settings = groupvit.load_model("synthvoc").test_settings
+    examples = json.loads((SYNTHVOC_EXAMPLES / "examples.json").read_text())
+    with app_server([], tmp_path / "app.log") as (url, _, _), sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        expect(page.get_by_text("`synthvoc`", exact=False).first).to_be_visible()
+        expect(page.get_by_text("not photographs", exact=False).first).to_be_visible()
+        assert page.locator("#weights-warning").count() == 0
+        vocabulary = ", ".join(settings.classes)
+        expect(page.locator("#classes textarea")).to_have_value(vocabulary)
+        expect(page.locator("#threshold input[type=number]")).to_have_value(f"{settings.background_threshold:g}")
+        page.get_by_role("button", name=examples[0]["caption"]).click()
+        expect(page.locator("#classes textarea")).to_have_value(vocabulary)
+        page.locator("#segment").click()
+        expect(page.locator("#overlay img")).to_be_visible(timeout=60_000)
+        expect(page.locator("#status")).to_contain_text("whole mode")
+        expect(page.locator("#status")).to_contain_text("short side resized to 64")
+        legend = page.locator("#legend").inner_text()
+        shares = {row.split("\t")[1]: float(row.split("\t")[2][:-1]) for row in legend.splitlines()[1:]}
+        assert shares[examples[0]["largest"]] > 0, shares
+        page.screenshot(path=tmp_path / "shipped.png", full_page=True)
+        browser.close()

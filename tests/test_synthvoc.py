@@ -15,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+import groupvit
 from groupvit.data import synthvoc
 from groupvit.data.nouns import BOILERPLATE_WORDS
 from groupvit.data.synthvoc import (
@@ -28,6 +29,7 @@ from groupvit.data.synthvoc import (
     voc_root,
 )
 from groupvit.evaluation.datasets import VOC_CLASSES, load_dataset
+from groupvit.evaluation.run import evaluate_segmentation
 
 SMALL = SynthVOCSpec(seed=3, train=30, val=12, test=4, calib=4, shard_size=16, scene=SceneOptions(size=64))
 
@@ -230,6 +232,18 @@ def test_demo_one_minute_end_to_end(tmp_path):
     assert Image.open(out / "report_grid.png").size[0] > 3 * 64 and Image.open(out / "report_groups.png").size[0] > 64
     assert "report_grid.png" in (out / "report.html").read_text() and "Recognition" in (out / "report.html").read_text()
     assert "SynthVOC val mIoU" in run.stdout
+    # The weights record how they were scored (groupvit.settings), so `groupvit segment` runs them the same way.
+    settings = groupvit.load_model(out / "model.safetensors").test_settings
+    assert (settings.short_side, settings.mode, settings.trained_on) == (64, "whole", "synthvoc")
+    assert settings.background_threshold == result["background_threshold"] and settings.classes == VOC_CLASSES
+    # The shipped model on the same scenes, scored independently here at its recorded settings.
+    shipped = groupvit.load_model("synthvoc")
+    val = load_dataset("voc", voc_root(tmp_path / "d"), "val")
+    alone = evaluate_segmentation(shipped, val, background_threshold=shipped.test_settings.background_threshold,
+                                  progress=False)  # fmt: skip
+    assert result["shipped_model"]["miou"] == pytest.approx(alone["miou"], abs=1e-9)
+    assert "shipped in the package" in (out / "report.html").read_text()
+    assert Image.open(out / "report_grid.png").size[0] > 4 * 3 * 64  # image, truth, this run, the shipped model
     # The plain ViT baseline of the default recipe (one stage is moot without groups), a few steps on the same data.
     vit = subprocess.run(
         [sys.executable, "-m", "groupvit", "demo", "--baseline", "vit", "--out", str(tmp_path / "vit"), "--data",

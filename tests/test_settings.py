@@ -1,0 +1,147 @@
+"""Test settings recorded with a model (groupvit.settings): the protocol's by default, stored in our .safetensors,
+followed by the segmenter, the classifier and the CLI unless overridden."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import groupvit
+from groupvit.checkpoint import CheckpointError
+from groupvit.classification import ZeroShotClassifier
+from groupvit.config import model_config
+from groupvit.model import GroupViT
+from groupvit.naming import Naming
+from groupvit.segmentation import ZeroShotSegmenter
+from groupvit.settings import TestSettings
+
+RECORDED = TestSettings(short_side=32, mode="whole", crop_size=32, stride=16, background_threshold=0.3,
+                        naming=Naming(min_area=0.05), classes=("cat", "dog"), about="a test model",
+                        trained_on="synthvoc")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def small_model(small_checkpoint):
+    return groupvit.load_model(small_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def recorded_checkpoint(small_model, tmp_path_factory):
+    model = GroupViT(small_model.config)
+    model.load_state_dict(small_model.state_dict())
+    model.test_settings = RECORDED
+    path = tmp_path_factory.mktemp("recorded") / "recorded.safetensors"
+    groupvit.save_model(model, path)
+    return path
+
+
+def test_the_protocol_settings_scale_with_the_training_size():
+    # The released models are trained at 224: the protocol's 448 short side, 448 crops at stride 224 (spec 5.1).
+    assert TestSettings.for_config(model_config("gcc_yfcc")) == TestSettings(448, "slide", 448, 224)
+    synthvoc = TestSettings.for_config(model_config("synthvoc"))  # trained at 64
+    assert (synthvoc.short_side, synthvoc.crop_size, synthvoc.stride) == (128, 128, 64)
+    assert not TestSettings.for_config(model_config("gcc_yfcc")).recorded(model_config("gcc_yfcc"))
+    assert RECORDED.recorded(model_config("synthvoc"))
+
+
+def test_settings_round_trip_through_the_file_and_half_precision_storage(small_model, tmp_path):
+    model = GroupViT(small_model.config)
+    model.load_state_dict(small_model.state_dict())
+    model.test_settings = RECORDED
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    groupvit.save_model(model, full)
+    groupvit.save_model(model, half, dtype=torch.float16)
+    with safe_open(str(half), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16, torch.int64}  # int64: position ids
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    for path, dtype in ((full, torch.float32), (half, torch.float16)):
+        loaded = groupvit.load_model(path)
+        assert loaded.test_settings == RECORDED
+        for name, tensor in loaded.state_dict().items():
+            original = model.state_dict()[name]
+            if original.is_floating_point():  # read back as float32 for CPU inference
+                assert tensor.dtype == torch.float32 and torch.equal(tensor, original.to(dtype).float())
+            else:
+                assert torch.equal(tensor, original)
+    # A file without settings (written before they existed) gets the protocol's for its size.
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, tmp_path / "old.safetensors", metadata={"format": "groupvit", "config": model.config.to_json()})
+    assert groupvit.load_model(tmp_path / "old.safetensors").test_settings == TestSettings.for_config(model.config)
+    with pytest.raises(ValueError, match="nvlabs"):
+        groupvit.save_model(model, tmp_path / "x.pth", layout="nvlabs", dtype=torch.float16)
+
+
+def test_broken_settings_in_a_file_are_named(small_model, tmp_path):
+    tensors = {k: v.contiguous() for k, v in small_model.state_dict().items()}
+    path = tmp_path / "broken.safetensors"
+    metadata = {"format": "groupvit", "config": small_model.config.to_json(), "test_settings": '{"mode": "zoom"}'}
+    save_file(tensors, path, metadata=metadata)
+    with pytest.raises(CheckpointError, match=r"broken\.safetensors: the test settings .* not valid .*zoom"):
+        groupvit.load_model(path)
+    with pytest.raises(ValueError, match="unknown test settings colour"):
+        TestSettings.from_dict({"colour": "red"})
+
+
+def test_the_segmenter_follows_the_model_unless_told_otherwise(small_model):
+    model = GroupViT(small_model.config)
+    model.load_state_dict(small_model.state_dict())
+    default = ZeroShotSegmenter(model, ["cat", "dog"])  # the protocol's, scaled to the 64-pixel model
+    assert (default.short_side, default.mode, default.crop_size, default.stride) == (128, "slide", 128, 64)
+    assert default.background_threshold == 0.95 and default.naming == Naming()
+    model.test_settings = RECORDED
+    recorded = ZeroShotSegmenter(model, ["cat", "dog"])
+    assert (recorded.short_side, recorded.mode, recorded.background_threshold) == (32, "whole", 0.3)
+    assert recorded.naming == Naming(min_area=0.05)
+    told = ZeroShotSegmenter(model, ["cat"], background_threshold=None, mode="slide", short_side=48, naming=Naming())
+    assert (told.short_side, told.mode, told.background_threshold, told.naming) == (48, "slide", None, Naming())
+    # The resize really follows: a 100 x 200 image is encoded at short side 32, i.e. a 32 x 64 canvas.
+    rgb = np.zeros((100, 200, 3), np.uint8)
+    assert recorded.encode(rgb).canvas == (32, 64) and told.encode(rgb).canvas == (48, 96)
+
+
+def test_the_classifier_crops_the_training_size(small_model):
+    pixels = ZeroShotClassifier(small_model, ["cat", "dog"]).transform(Image.new("RGB", (300, 200)))
+    assert pixels.shape == (3, 64, 64)  # short side 73 (256/224 of 64), centre crop 64
+    pixels = ZeroShotClassifier(small_model, ["cat", "dog"], short_side=48).transform(Image.new("RGB", (300, 200)))
+    assert pixels.shape == (3, 48, 48)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "groupvit", *args], capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_segment_uses_the_recorded_settings_and_vocabulary(recorded_checkpoint, tmp_path):
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(image)
+    run = cli("segment", str(image), "--checkpoint", str(recorded_checkpoint), "--out", str(tmp_path / "a"))
+    assert run.returncode == 0, run.stderr
+    assert "short side 32, whole mode (one pass), background threshold 0.3, a naming variant" in run.stderr
+    assert "recorded with the model" in run.stderr
+    summary = json.loads((tmp_path / "a" / "scene.json").read_text())
+    assert summary["classes"] == ["cat", "dog"] and summary["short_side"] == 32 and summary["mode"] == "whole"
+    assert summary["background_threshold"] == 0.3 and summary["naming"]["min_area"] == 0.05
+    run = cli("segment", str(image), "--checkpoint", str(recorded_checkpoint), "--out", str(tmp_path / "b"),
+              "--classes", "car", "--short-side", "48", "--mode", "slide", "--dataset", "context")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / "b" / "scene.json").read_text())
+    assert summary["classes"] == ["car"] and summary["short_side"] == 48 and summary["mode"] == "slide"
+    assert summary["background_threshold"] == 0.35  # --dataset context's preset over the recorded one
+
+
+@pytest.mark.slow
+def test_segment_asks_for_classes_when_the_model_has_none(small_checkpoint, tmp_path):
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (40, 40)).save(image)
+    run = cli("segment", str(image), "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "a"))
+    assert run.returncode == 2 and "--classes is required: this model records no vocabulary" in run.stderr
+    assert dataclasses.asdict(groupvit.load_model(small_checkpoint).test_settings)["classes"] == ()
