@@ -62,6 +62,12 @@ def _info(args: argparse.Namespace) -> None:
     print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
     stages = " -> ".join(f"{m.shape[-1]} tokens into {m.shape[1]} groups" for m in groups.assignments)
     print(f"grouping at {size}x{size}: {stages}; embedding dim {groups.image_embeds.shape[-1]}")
+    settings = model.test_settings
+    origin = "recorded with the model" if settings.recorded(cfg) else "the protocol's for its size"
+    print(f"test settings ({origin}): {settings.describe()}" + (f"; classes: {', '.join(settings.classes)}"
+                                                                if settings.classes else ""))  # fmt: skip
+    if settings.about:
+        print(f"about: {settings.about}")
 
 
 def _load(args: argparse.Namespace):
