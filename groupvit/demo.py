@@ -47,9 +47,9 @@ def usable_cores() -> int:
 # synthvoc.md, eighth round); every way it departs from "paper" is named in results.json and the report.
 RECIPES: dict[str, dict] = {
     "paper": dict(stages=2, grouping_init="reference", noun_loss="pooled", loss="softmax", noun_positives="own",
-                  deep_noun_loss=0.0, deep_noun_decay=False, text_pool="eot", in_memory=False),
+                  deep_noun_loss=0.0, deep_noun_decay=False, mosaic_loss=0.0, text_pool="eot", in_memory=False),
     "fast": dict(stages=1, grouping_init="fan_in", noun_loss="max_token", loss="sigmoid", noun_positives="shared",
-                 deep_noun_loss=1.0, deep_noun_decay=True, text_pool="eot", in_memory=True),
+                 deep_noun_loss=1.0, deep_noun_decay=True, mosaic_loss=0.0, text_pool="eot", in_memory=True),
 }  # fmt: skip
 
 
@@ -69,6 +69,7 @@ class DemoOptions:
     noun_positives: str | None = None  # "own" (the paper) or "shared" (TrainConfig.noun_positives)
     deep_noun_loss: float | None = None  # weight of the noun loss on the tokens before grouping (0: off)
     deep_noun_decay: bool | None = None  # decay that weight linearly to zero over the run
+    mosaic_loss: float | None = None  # weight of the losses on 2x2 mosaics of the batch (0: off; TrainConfig)
     text_pool: str | None = None  # "eot" (the paper) or "max" (TextConfig.pool)
     in_memory: bool | None = None  # training scenes decoded once into memory (TrainConfig.in_memory)
     drop_boilerplate_nouns: bool = False  # a variant: no prompts from nouns.BOILERPLATE_WORDS
@@ -254,7 +255,7 @@ def run_demo(options: DemoOptions) -> dict:
     model_section = variant_model(model_section, options)
     # Bad settings fail now, not after minutes of data generation.
     GroupViTConfig.from_dict(model_section)
-    TrainConfig.from_dict(train_section, list(options.overrides))
+    TrainConfig.from_dict({**train_section, "mosaic_loss": options.mosaic_loss}, list(options.overrides))
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     root, shards = prepare_data(options, scene)
@@ -264,7 +265,8 @@ def run_demo(options: DemoOptions) -> dict:
         {**train_section, "model": str(out / "model.yaml"), "data": shards, "minutes": options.minutes,
          "seed": options.seed, "eval_root": str(voc), "noun_loss": options.noun_loss, "loss": options.loss,
          "noun_positives": options.noun_positives, "deep_noun_loss": options.deep_noun_loss,
-         "deep_noun_decay": options.deep_noun_decay, "in_memory": options.in_memory,
+         "deep_noun_decay": options.deep_noun_decay, "mosaic_loss": options.mosaic_loss,
+         "in_memory": options.in_memory,
          "noun_stopwords": list(BOILERPLATE_WORDS) if options.drop_boilerplate_nouns else [],
          "multi_label": train_section["multi_label"] if options.multi_label else 0},
         list(options.overrides),

@@ -7,6 +7,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.nn.functional import all_gather
 
+from .segmentation import chain_assignments
+
 
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -79,6 +81,15 @@ def sigmoid_image_text_loss(
     return sigmoid_loss(logits, positive, image.shape[0])
 
 
+def caption_loss(
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The image-text loss of `groupvit_losses`: symmetric InfoNCE, or SigLIP's sigmoid when given a `bias`."""
+    if bias is None:
+        return image_text_contrastive_loss(image, text, scale)
+    return sigmoid_image_text_loss(image, text, scale, bias)
+
+
 def multi_label_contrastive_loss(
     image: torch.Tensor,
     prompts: torch.Tensor,
@@ -125,6 +136,47 @@ def multi_label_contrastive_loss(
     return 0.5 * (soft_cross_entropy(logits_image, target_image) + soft_cross_entropy(logits_prompt, target_prompt))
 
 
+def mosaic(images: torch.Tensor, grid: int = 2) -> torch.Tensor:
+    """[B, 3, H, W] -> [B // grid**2, 3, H, W]: each run of grid**2 consecutive images shrunk by `grid` and tiled
+    row-major (for grid 2: image 4m top-left, 4m + 1 top-right, 4m + 2 bottom-left, 4m + 3 bottom-right).
+    Images past the last whole run are left out."""
+    B, C, H, W = images.shape
+    n = grid * grid
+    if B < n or H % grid or W % grid:
+        raise ValueError(f"a {grid}x{grid} mosaic needs at least {n} images with sides divisible by {grid}, "
+                         f"got {B} of {H}x{W}")  # fmt: skip
+    M, h, w = B // n, H // grid, W // grid
+    small = F.interpolate(images[: M * n], size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    # [M, row, col, C, h, w] -> [M, C, row, h, col, w]: each tile's pixel rows follow its row of tiles
+    return small.view(M, grid, grid, C, h, w).permute(0, 3, 1, 4, 2, 5).reshape(M, C, H, W)
+
+
+def mosaic_region_embeddings(model: torch.nn.Module, mosaics: torch.Tensor, grid: int = 2) -> torch.Tensor:
+    """Normalised embeddings [M * grid**2, D] of the tiles of `mosaics` [M, 3, H, W] (from `mosaic`), row i
+    belonging to the mosaic's i-th source image: the mean over a tile's patches of each patch's distribution over
+    the final groups weighs the normalised group embeddings (a plain ViT: the tile's normalised patch embeddings,
+    equally)."""
+    M, _, H, W = mosaics.shape
+    p = model.config.vision.patch_size
+    h, w = H // p, W // p
+    if h % grid or w % grid:
+        raise ValueError(f"a {grid}x{grid} mosaic needs a patch grid divisible by {grid}; {H}x{W} images with "
+                         f"{p}-pixel patches make {h}x{w}")  # fmt: skip
+    tokens, assignments = model.visual(mosaics)  # [M, G, C], per stage [M, S_out, N_in]
+    groups = F.normalize(model.visual_projection(tokens), dim=-1)  # [M, G, D]
+    rows = torch.arange(h, device=mosaics.device) // (h // grid)
+    cols = torch.arange(w, device=mosaics.device) // (w // grid)
+    tile = (rows[:, None] * grid + cols[None, :]).reshape(-1)  # [N] each patch's tile, row-major like the patches
+    share = F.one_hot(tile, grid * grid).to(groups.dtype) / (h * w // grid**2)  # [N, T], a tile's mean
+    if assignments:  # patch -> final group distributions, averaged per tile
+        weights = chain_assignments(assignments)[-1].to(groups.dtype).transpose(1, 2) @ share  # [M, G, T]
+    else:  # a plain ViT: its tokens are the patches
+        weights = share.expand(M, -1, -1)  # [M, N, T]
+    regions = torch.einsum("mgt,mgd->mtd", weights, groups)  # [M, T, D]
+    return F.normalize(regions.reshape(M * grid * grid, -1), dim=-1)
+
+
+MOSAIC_GRID = 2  # the mosaic loss's tiles per side
 NOUN_LOSSES = ("pooled", "max_token")
 LOSSES = ("softmax", "sigmoid")
 NOUN_POSITIVES = ("own", "shared")
@@ -138,6 +190,7 @@ def groupvit_losses(
     keys: torch.Tensor | None = None,
     loss: str = "softmax",
     deep_noun_weight: float = 0.0,
+    mosaic_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """images [B, 3, H, W]; texts [B, 1 + K, L] token ids: caption first, then K noun prompts.
 
@@ -147,7 +200,10 @@ def groupvit_losses(
     Variants, not in the paper: `keys` [B, K + M] noun keys make images that share a prompt's noun positives for
     it; loss='sigmoid' uses SigLIP's pairwise sigmoid for both terms (the model needs `logit_bias`);
     `deep_noun_weight` > 0 adds that much of a token-level noun loss on the patch tokens entering the first
-    grouping block, through the model's `patch_projection` head, to train the backbone's recognition directly.
+    grouping block, through the model's `patch_projection` head, to train the backbone's recognition directly;
+    `mosaic_weight` > 0 adds that much of both losses on the tiles of 2x2 mosaics of the batch, each tile's
+    assignment-weighted group embeddings against its source image's caption and noun prompts (MixReorg-style,
+    simplified: quadrant mosaics, not MixReorg's patch mixing; needs B >= 4, the last B % 4 images sit it out).
     Returns (image-text loss, multi-label loss or None when K = 0).
     """
     if noun_loss not in NOUN_LOSSES:
@@ -162,10 +218,13 @@ def groupvit_losses(
     tokens, _, patches = model.visual(images, return_patch_tokens=True)  # [B, G, C], _, [B, N, C]
     image = F.normalize(model.visual_projection(tokens.mean(dim=1)), dim=-1)  # [B, D]
     text = F.normalize(model.encode_text(texts.reshape(B * T, L)), dim=-1).view(B, T, -1)  # [B, 1+K, D]
-    if loss == "sigmoid":
-        itc = sigmoid_image_text_loss(image, text[:, 0], model.logit_scale_value(), model.logit_bias)
-    else:
-        itc = image_text_contrastive_loss(image, text[:, 0], model.logit_scale_value())
+    scale, bias = model.logit_scale_value(), model.logit_bias if loss == "sigmoid" else None
+    itc = caption_loss(image, text[:, 0], scale, bias)
+    use_mosaic = mosaic_weight > 0 and B >= MOSAIC_GRID**2
+    if use_mosaic:
+        regions = mosaic_region_embeddings(model, mosaic(images, MOSAIC_GRID), MOSAIC_GRID)  # [R, D]
+        R = regions.shape[0]  # rows are the first R source images, in order
+        itc = itc + mosaic_weight * caption_loss(regions, text[:R, 0], scale, bias)
     if T == 1:
         return itc, None
     if model.multi_label_logit_scale is None:
@@ -179,4 +238,7 @@ def groupvit_losses(
     if deep_noun_weight:
         patch_embeds = F.normalize(model.patch_projection(patches), dim=-1)  # [B, N, D]
         ml = ml + deep_noun_weight * multi_label_contrastive_loss(patch_embeds, text[:, 1:], ml_scale, keys, ml_bias)
+    if use_mosaic:
+        tile_keys = keys[:R] if keys is not None else None
+        ml = ml + mosaic_weight * multi_label_contrastive_loss(regions, text[:R, 1:], ml_scale, tile_keys, ml_bias)
     return itc, ml

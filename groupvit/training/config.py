@@ -26,11 +26,14 @@ class TrainConfig:
     # softmax losses with SigLIP's pairwise sigmoid (the model needs logit_bias: true); noun_positives "shared"
     # makes every image whose caption has a prompt's noun a positive for it (the paper: only the prompt's own image);
     # deep_noun_loss > 0 adds a token-level noun loss on the patch tokens before grouping (model patch_head: true),
-    # that weight, decayed linearly to zero over the run when deep_noun_decay is set.
+    # that weight, decayed linearly to zero over the run when deep_noun_decay is set; mosaic_loss > 0 adds that
+    # weight of both losses on 2x2 mosaics of the batch, each quadrant's groups against its source image's caption
+    # and nouns (MixReorg-style, simplified; needs batch_size >= 4 and a patch grid divisible by 2).
     loss: str = "softmax"
     noun_positives: str = "own"
     deep_noun_loss: float = 0.0
     deep_noun_decay: bool = False
+    mosaic_loss: float = 0.0
     # optimisation (spec section 4); lr, warmup_lr and min_lr are for a global batch of `reference_batch`
     # and scale linearly with the actual global batch (batch_size x processes x accum_steps)
     steps: int = 1000
@@ -104,6 +107,10 @@ class TrainConfig:
                 raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
         if self.deep_noun_loss < 0:
             raise ValueError(f"deep_noun_loss must be >= 0, got {self.deep_noun_loss}")
+        if self.mosaic_loss < 0:
+            raise ValueError(f"mosaic_loss must be >= 0, got {self.mosaic_loss}")
+        if self.mosaic_loss and self.batch_size < 4:
+            raise ValueError(f"mosaic_loss tiles 4 images into one mosaic; batch_size {self.batch_size} is under 4")
         if self.in_memory and self.augment != "light":
             raise ValueError("in_memory data is augmented with the light preset only; set augment: light")
         if self.minutes < 0:
@@ -119,6 +126,10 @@ class TrainConfig:
             raise ValueError("loss: sigmoid needs the model's learnable biases; set logit_bias: true in the model")
         if self.deep_noun_loss and not cfg.patch_head:
             raise ValueError("deep_noun_loss needs a head for the patch tokens; set patch_head: true in the model")
+        side = self.image_size // cfg.vision.patch_size
+        if self.mosaic_loss and side % 2:
+            raise ValueError(f"mosaic_loss needs an even patch grid; image_size {self.image_size} makes {side}x{side} "
+                             f"patches of {cfg.vision.patch_size} pixels")  # fmt: skip
         return cfg
 
     @classmethod

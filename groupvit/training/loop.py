@@ -44,7 +44,7 @@ class LossModule(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         shared = self.cfg.noun_positives == "shared"
         return groupvit_losses(self.model, images, texts, self.cfg.noun_loss, keys if shared else None,
-                               self.cfg.loss, deep_noun_weight)  # fmt: skip
+                               self.cfg.loss, deep_noun_weight, self.cfg.mosaic_loss)  # fmt: skip
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
