@@ -36,8 +36,14 @@ def _convert(args: argparse.Namespace) -> None:
     from .checkpoint import load_model, save_model
 
     checkpoint_target(args.dst, args.to, args.overwrite)
+    import torch
+
+    if args.dtype != "float32" and args.to != "groupvit":
+        raise ValueError(f"--dtype {args.dtype} applies to our .safetensors layout (--to groupvit) only")
     model = load_model(args.src, source=args.source)
-    path = save_model(model, args.dst, layout=args.to)
+    path = save_model(
+        model, args.dst, layout=args.to, dtype=None if args.dtype == "float32" else getattr(torch, args.dtype)
+    )
     print(f"wrote {path} ({args.to} layout)")
 
 
@@ -520,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_option(p)
     p.add_argument("dst", help="output path (.safetensors for ours, a directory for hf, .pth for nvlabs)")
     p.add_argument("--to", choices=["groupvit", "hf", "nvlabs"], default="groupvit", help="output layout")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="storage of ours (half the size in float16; read back as float32)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     p.set_defaults(run=_convert)
 

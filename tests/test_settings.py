@@ -145,3 +145,16 @@ def test_segment_asks_for_classes_when_the_model_has_none(small_checkpoint, tmp_
     run = cli("segment", str(image), "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "a"))
     assert run.returncode == 2 and "--classes is required: this model records no vocabulary" in run.stderr
     assert dataclasses.asdict(groupvit.load_model(small_checkpoint).test_settings)["classes"] == ()
+
+
+def test_convert_stores_half_precision_and_keeps_the_settings(recorded_checkpoint, tmp_path, capsys):
+    from groupvit.cli import main
+
+    half = tmp_path / "half.safetensors"
+    assert main(["convert", str(recorded_checkpoint), str(half), "--dtype", "float16"]) == 0
+    with safe_open(str(half), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16, torch.int64}
+    assert groupvit.load_model(half).test_settings == RECORDED
+    assert main(["convert", str(recorded_checkpoint), str(tmp_path / "nv.pth"), "--to", "nvlabs", "--dtype",
+                 "float16"]) == 2  # fmt: skip
+    assert "--dtype float16 applies to our .safetensors layout" in capsys.readouterr().err
