@@ -212,18 +212,16 @@ def prepare_data(options: DemoOptions, scene: SceneOptions) -> tuple[Path, str]:
 
 
 def scene_file(index: int) -> str:
-    """The name of validation scene `index`, as in SynthVOC's VOC layout (val_000003)."""
-    return f"val_{index:06d}.png"
+    """The name of validation scene `index`, as in SynthVOC's VOC layout (JPEGImages/val_000003.jpg)."""
+    return f"val_{index:06d}.jpg"
 
 
 def write_scenes(options: DemoOptions, count: int) -> list[Path]:
-    """The first `count` validation scenes of the demo's SynthVOC (its seed and scene options) as PNG files in
+    """The first `count` validation scenes of the demo's SynthVOC (its seed and scene options) as JPEG files in
     `options.out`, with captions.txt, without generating the rest or training: pictures to try `groupvit segment
-    --checkpoint synthvoc` on. The same scenes as the generated val split's first ones, byte for byte in pixels."""
-    from PIL import Image
-
+    --checkpoint synthvoc` on. Byte for byte the files of the generated val split, which the scores are on."""
     from .checkpoint import atomic_write
-    from .data.synthvoc import make_scene
+    from .data.synthvoc import encode_jpeg, make_scene
 
     scene = scene_options(preset_sections(options.config)[2], options.scene)
     out = Path(options.out)
@@ -231,7 +229,7 @@ def write_scenes(options: DemoOptions, count: int) -> list[Path]:
     for i in range(count):
         made = make_scene(options.seed, "val", i, scene)
         path = out / scene_file(i)
-        atomic_write(path, lambda tmp, rgb=made.image: Image.fromarray(rgb).save(tmp, format="PNG"))
+        atomic_write(path, lambda tmp, rgb=made.image: Path(tmp).write_bytes(encode_jpeg(rgb)))
         paths.append(path)
         captions.append(f"{path.name}\t{made.caption}\n")
     atomic_write(out / "captions.txt", lambda tmp: Path(tmp).write_text("".join(captions)))

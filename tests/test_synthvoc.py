@@ -415,3 +415,21 @@ def test_recipes_fill_what_is_not_given_and_name_their_departures():
     # The CLI leaves the recipe's parts unset unless a flag says otherwise.
     args = build_parser().parse_args(["demo", "--recipe", "paper", "--no-in-memory", "--deep-noun-loss", "0.5"])
     assert args.stages is None and args.in_memory is False and args.deep_noun_loss == 0.5 and args.recipe == "paper"
+
+
+def test_scenes_only_writes_the_val_splits_files_byte_for_byte(tmp_path):
+    from groupvit.data.synthvoc import encode_jpeg
+    from groupvit.demo import preset_sections, scene_options
+
+    run = subprocess.run([sys.executable, "-m", "groupvit", "demo", "--scenes-only", "3", "--out", str(tmp_path)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    scene = scene_options(preset_sections()[2])  # the preset's scenes, which `groupvit demo` generates for val
+    captions = (tmp_path / "captions.txt").read_text().splitlines()
+    for i in range(3):
+        made = make_scene(0, "val", i, scene)
+        assert (tmp_path / f"val_{i:06d}.jpg").read_bytes() == encode_jpeg(made.image)  # as write_voc_images writes
+        assert captions[i] == f"val_{i:06d}.jpg\t{made.caption}"
+    again = subprocess.run([sys.executable, "-m", "groupvit", "demo", "--scenes-only", "3", "--out", str(tmp_path)],
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # never replaces files silently
