@@ -72,11 +72,23 @@ class Limits:
 
 
 def load_app_model(
-    checkpoint: str | None, device: str, random_init: str | None = None, source: str | None = None
+    checkpoint: str | None,
+    device: str,
+    random_init: str | None = None,
+    source: str | None = None,
+    short_side: int | None = None,
 ) -> tuple[GroupViT, str, str | None]:
     """(model, what it is, warning for the page or None). `checkpoint` is anything `load_model` reads (a file, a
     folder, weights by name); with `random_init`, untrained random weights of that preset; with neither, the
-    `synthvoc` model shipped in the package."""
+    `synthvoc` model shipped in the package. short_side: resize images to it instead of the model's test setting."""
+    model, description, warning = _load_app_model(checkpoint, device, random_init, source)
+    model.test_settings = model.test_settings.merged(short_side=short_side)
+    return model, description, warning
+
+
+def _load_app_model(
+    checkpoint: str | None, device: str, random_init: str | None, source: str | None
+) -> tuple[GroupViT, str, str | None]:
     if random_init is None:
         checkpoint = checkpoint or DEFAULT_CHECKPOINT
         model = load_model(checkpoint, device=device, source=source)
@@ -300,12 +312,13 @@ def run_app(
     limits: Limits = Limits(),
     random_init: str | None = None,
     source: str | None = None,
+    short_side: int | None = None,
 ) -> None:
     """Serve the page until interrupted. device: 'cpu', 'cuda', or None for a GPU when there is one."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    model, description, warning = load_app_model(checkpoint, device, random_init, source)
+    model, description, warning = load_app_model(checkpoint, device, random_init, source, short_side)
     if warning:
         print(f"groupvit app: {warning}", flush=True)
     temp_dir = tempfile.mkdtemp(prefix="groupvit-app-")

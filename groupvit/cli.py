@@ -329,7 +329,7 @@ def _app(args: argparse.Namespace) -> int:
 
     limits = Limits(max_pixels=args.max_pixels, max_classes=args.max_classes, max_file_size=args.max_upload_mb << 20)
     run_app(args.checkpoint, host=args.host, port=args.port, device=args.device, limits=limits,
-            random_init=args.random_init, source=args.source)  # fmt: skip
+            random_init=args.random_init, source=args.source, short_side=args.short_side)  # fmt: skip
     return 0
 
 
@@ -648,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest upload, in pixels")
     p.add_argument("--max-classes", type=positive_int, default=30, help="most class names per request (at most 255)")
     p.add_argument("--max-upload-mb", type=positive_int, default=32, help="largest upload, in MiB")
+    p.add_argument("--short-side", type=positive_int, metavar="N",
+                   help="resize images to this short side (default: the model's test setting: 448 for the released "
+                   "models, 64 for synthvoc)")  # fmt: skip
     p.set_defaults(run=_app)
     for p in sub.choices.values():  # --debug also after the subcommand; SUPPRESS keeps the top-level value
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)

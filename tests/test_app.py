@@ -128,14 +128,17 @@ def test_files_outside_the_temp_dir_are_never_read(app, tmp_path_factory):
             app.segment(str(path), "cat", 0.9, "whole")
 
 
-def test_model_is_a_checkpoint_or_a_preset_with_a_warning(small_checkpoint, small_model):
+def test_model_is_a_checkpoint_or_a_preset_with_a_warning(small_checkpoint, small_model, tmp_path):
     model, description, warning = load_app_model(str(small_checkpoint), "cpu")
     assert warning is None and description == "`small.safetensors`"
     expected = small_model.state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in model.state_dict().items())
     shipped, description, warning = load_app_model(None, "cpu")  # the model shipped in the package
     assert warning is None and description.startswith("`synthvoc`, a small GroupViT this package trained")
-    assert shipped.test_settings.trained_on == "synthvoc"
+    assert shipped.test_settings.trained_on == "synthvoc" and shipped.test_settings.short_side == 64
+    larger, _, _ = load_app_model(None, "cpu", short_side=96)  # --short-side
+    assert larger.test_settings.short_side == 96
+    assert SegmentationApp(larger, "", None, tmp_path).segmenter.short_side == 96
     _, description, warning = load_app_model(None, "cpu", random_init="small")
     assert "random `small` preset" in description and "Untrained random weights (small architecture)" in warning
     assert "--checkpoint gcc_yfcc" in warning  # how to get the released weights
