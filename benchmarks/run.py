@@ -118,7 +118,9 @@ class PeakMemory:
             self.base = torch.cuda.memory_allocated() / 2**20
         else:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS (Linux)
-            self.base = status_kib("VmRSS") / 1024
+            # The base is the reset high-water mark, not VmRSS: the kernel updates VmHWM lazily, so a VmRSS read
+            # just after the reset can exceed the VmHWM read at the end (a negative peak, seen once in CI).
+            self.base = status_kib("VmHWM") / 1024
 
     def peak_mib(self) -> float:
         if self.device == "cuda":
