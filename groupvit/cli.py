@@ -33,17 +33,15 @@ IMAGE_ERRORS = (ValueError, RuntimeError, MemoryError)
 
 
 def _convert(args: argparse.Namespace) -> None:
+    import torch
+
     from .checkpoint import load_model, save_model
 
     checkpoint_target(args.dst, args.to, args.overwrite)
-    import torch
-
-    if args.dtype != "float32" and args.to != "groupvit":
+    if args.dtype != "float32" and args.to != "groupvit":  # refused before the weights are read
         raise ValueError(f"--dtype {args.dtype} applies to our .safetensors layout (--to groupvit) only")
-    model = load_model(args.src, source=args.source)
-    path = save_model(
-        model, args.dst, layout=args.to, dtype=None if args.dtype == "float32" else getattr(torch, args.dtype)
-    )
+    dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
+    path = save_model(load_model(args.src, source=args.source), args.dst, layout=args.to, dtype=dtype)
     print(f"wrote {path} ({args.to} layout)")
 
 
@@ -121,8 +119,9 @@ def _segment(args: argparse.Namespace) -> int:
     out = output_dir(args.out, names=[s + o for s in stems for o in SEGMENT_OUTPUTS], overwrite=args.overwrite)
     model = _load(args)
     # The model's test settings (groupvit.settings), under what the command line gives.
-    threshold = BACKGROUND_THRESHOLDS[args.dataset] if args.dataset else None
-    threshold = threshold if args.background_threshold is None else args.background_threshold
+    threshold = args.background_threshold
+    if threshold is None and args.dataset:
+        threshold = BACKGROUND_THRESHOLDS[args.dataset]
     settings = model.test_settings.merged(short_side=args.short_side, mode=args.mode, background_threshold=threshold,
                                           naming=None if naming.official else naming)  # fmt: skip
     if class_names is None:
@@ -132,8 +131,9 @@ def _segment(args: argparse.Namespace) -> int:
     threshold = settings.background_threshold
     threshold = None if args.no_background else BACKGROUND_THRESHOLDS["voc"] if threshold is None else threshold
     origin = "recorded with the model" if model.test_settings.recorded(model.config) else "the protocol's"
-    print(f"groupvit segment: {settings.merged(background_threshold=threshold).describe()} ({origin}; "
-          "--short-side, --mode, --background-threshold change it)", file=sys.stderr)  # fmt: skip
+    used = settings.describe(background="none" if threshold is None else f"{threshold:g}")
+    print(f"groupvit segment: {used} ({origin}; --short-side, --mode, --background-threshold change it)",
+          file=sys.stderr)  # fmt: skip
     segmenter = ZeroShotSegmenter(
         model,
         class_names,

@@ -136,6 +136,11 @@ def test_segment_uses_the_recorded_settings_and_vocabulary(recorded_checkpoint, 
     summary = json.loads((tmp_path / "b" / "scene.json").read_text())
     assert summary["classes"] == ["car"] and summary["short_side"] == 48 and summary["mode"] == "slide"
     assert summary["background_threshold"] == 0.35  # --dataset context's preset over the recorded one
+    assert "background threshold 0.35" in run.stderr
+    run = cli("segment", str(image), "--checkpoint", str(recorded_checkpoint), "--out", str(tmp_path / "c"),
+              "--no-background")  # fmt: skip
+    assert run.returncode == 0 and "background threshold none" in run.stderr, run.stderr
+    assert json.loads((tmp_path / "c" / "scene.json").read_text())["background_threshold"] is None
 
 
 @pytest.mark.slow
