@@ -24,8 +24,8 @@ from PIL import Image
 from groupvit.checkpoint import TRAINING_ONLY, exported_config, load_model, save_model
 from groupvit.config import GroupViTConfig
 from groupvit.data.synthvoc import voc_root
+from groupvit.demo import score_at_own_settings, synthvoc_test_settings
 from groupvit.evaluation.datasets import load_dataset
-from groupvit.evaluation.run import evaluate_namings
 from groupvit.model import GroupViT
 from groupvit.pretrained import SYNTHVOC_FILE
 from groupvit.segmentation import ZeroShotSegmenter
@@ -45,9 +45,7 @@ def inference_model(model: GroupViT, settings: TestSettings) -> GroupViT:
 
 
 def scores(model: GroupViT, voc: Path, split: str, limit: int | None = None) -> dict:
-    s = model.test_settings
-    result = evaluate_namings(model, load_dataset("voc", voc, split), {"": (s.background_threshold, s.naming)}, s.mode,
-                              short_side=s.short_side, limit=limit, oracle=True, recognition=True)[""]  # fmt: skip
+    result = score_at_own_settings(model, load_dataset("voc", voc, split), limit)
     return {"miou": round(result["miou"], 2), "oracle_miou": round(result["oracle"]["miou"], 2),
             "recognition_pooled": round(result["recognition"]["pooled"], 1), "images": result["images"]}  # fmt: skip
 
@@ -96,10 +94,8 @@ def main() -> None:
         f"trained by `groupvit demo` on SynthVOC captions alone ({results['recipe']} recipe, {results['steps']} steps, "
         f"{results['images_seen']:,} images); knows the 20 VOC classes in emoji-like scenes, not photographs"
     )
-    settings = TestSettings(short_side=SHORT_SIDE, mode="whole", crop_size=SHORT_SIDE, stride=SHORT_SIDE // 2,
-                            background_threshold=results["background_threshold"], classes=tuple(
-                                load_dataset("voc", voc, "val").class_names), about=about,
-                            trained_on="synthvoc")  # fmt: skip
+    class_names = load_dataset("voc", voc, "val").class_names
+    settings = synthvoc_test_settings(SHORT_SIDE, results["background_threshold"], class_names, about)
     model = inference_model(trained, settings)
     target = PACKAGE / SYNTHVOC_FILE
     save_model(model, target, dtype=torch.float16)

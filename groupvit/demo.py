@@ -275,13 +275,10 @@ def run_demo(options: DemoOptions) -> dict:
     result = evaluate_demo(model, voc, size)
     val = load_dataset("voc", voc, "val")
     # Run later as it was scored here (groupvit.settings): `groupvit segment --checkpoint OUT/model.safetensors`.
-    model.test_settings = TestSettings(
-        short_side=size, mode="whole", crop_size=size, stride=size // 2,
-        background_threshold=result["background_threshold"], classes=tuple(val.class_names),
-        about=f"GroupViT trained by `groupvit demo` on SynthVOC captions ({options.recipe} recipe, "
-              f"{summary['steps']} steps)",
-        trained_on="synthvoc",
-    )  # fmt: skip
+    about = (
+        f"GroupViT trained by `groupvit demo` on SynthVOC captions ({options.recipe} recipe, {summary['steps']} steps)"
+    )
+    model.test_settings = synthvoc_test_settings(size, result["background_threshold"], val.class_names, about)
     save_model(model, out / "model.safetensors")
     shipped = shipped_model()
     scenes = json.loads((voc / "scenes.json").read_text())
@@ -322,13 +319,26 @@ def shipped_model():
         return None
 
 
-def score_shipped(model, val) -> dict:
-    """The shipped model on the same validation scenes, at the settings recorded with it."""
-    from .evaluation.run import evaluate_namings
+def synthvoc_test_settings(size: int, threshold: float, class_names: Sequence[str], about: str) -> TestSettings:
+    """How a SynthVOC model is run, as the demo scores it: the whole image at its training size, the threshold
+    chosen on calib, the 20 VOC classes."""
+    return TestSettings(short_side=size, mode="whole", crop_size=size, stride=size // 2, background_threshold=threshold,
+                        classes=tuple(class_names), about=about, trained_on="synthvoc")  # fmt: skip
+
+
+def score_at_own_settings(model, dataset, limit: int | None = None) -> dict:
+    """Results of `evaluate_segmentation` at the model's recorded test settings, with the oracle and recognition."""
+    from .evaluation.run import evaluate_segmentation
 
     settings = model.test_settings
-    scores = evaluate_namings(model, val, {"": (settings.background_threshold, settings.naming)}, settings.mode,
-                              short_side=settings.short_side, oracle=True, recognition=True)[""]  # fmt: skip
+    return evaluate_segmentation(model, dataset, background_threshold=settings.background_threshold,
+                                 naming=settings.naming, limit=limit, oracle=True, recognition=True)  # fmt: skip
+
+
+def score_shipped(model, val) -> dict:
+    """The shipped model on the same validation scenes, at the settings recorded with it."""
+    settings = model.test_settings
+    scores = score_at_own_settings(model, val)
     return {
         "name": SHIPPED,
         "about": settings.about,
