@@ -28,8 +28,10 @@ from groupvit.data.synthvoc import (
     make_scene,
     voc_root,
 )
+from groupvit.demo import largest_object_named
 from groupvit.evaluation.datasets import VOC_CLASSES, load_dataset
 from groupvit.evaluation.run import evaluate_segmentation
+from groupvit.segmentation import ZeroShotSegmenter
 
 SMALL = SynthVOCSpec(seed=3, train=30, val=12, test=4, calib=4, shard_size=16, scene=SceneOptions(size=64))
 
@@ -202,6 +204,14 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     assert one.keys() == other.keys() and one["train/000000.tar"] != other["train/000000.tar"]
 
 
+def test_largest_object_named_by_hand():
+    target = np.array([[0, 3, 3, 3], [0, 3, 3, 255], [7, 7, 0, 0]])  # class 3 is the largest (5 pixels)
+    prediction = np.array([[3, 3, 3, 3], [0, 3, 0, 3], [7, 7, 3, 0]])  # 4 of its 5 hit, 2 false, 1 on ignore
+    label, iou = largest_object_named(prediction, target)
+    assert label == 3 and iou == pytest.approx(4 / 7)  # the prediction on the ignored pixel does not count
+    assert largest_object_named(prediction, np.zeros_like(target)) == (-1, 0.0)
+
+
 @pytest.mark.slow
 def test_demo_one_minute_end_to_end(tmp_path):
     out = tmp_path / "demo"
@@ -244,6 +254,19 @@ def test_demo_one_minute_end_to_end(tmp_path):
     assert result["shipped_model"]["miou"] == pytest.approx(alone["miou"], abs=1e-9)
     assert "shipped in the package" in (out / "report.html").read_text()
     assert Image.open(out / "report_grid.png").size[0] > 4 * 3 * 64  # image, truth, this run, the shipped model
+    # The grid's check, recounted here: the largest object's IoU over the first 12 scenes at the recorded settings.
+    segmenter = ZeroShotSegmenter(groupvit.load_model(out / "model.safetensors"), val.class_names)
+    ious = []
+    for i in range(12):
+        _, image, target = val[i]
+        labels = segmenter(image).labels
+        largest = np.bincount(target[(target > 0) & (target < 255)]).argmax()
+        truth, predicted = target == largest, (labels == largest) & (target != 255)
+        ious.append((truth & predicted).sum() / (truth | predicted).sum())
+    grid = result["report_grid"]
+    assert [item["iou"] for item in grid["per_scene"]] == pytest.approx([100 * v for v in ious], abs=0.06)
+    assert grid["largest_object_correct"] == sum(v >= 0.5 for v in ious) and grid["scenes"] == 12
+    assert f"in <b>{grid['largest_object_correct']} of\n12</b> scenes" in (out / "report.html").read_text()
     # The plain ViT baseline of the default recipe (one stage is moot without groups), a few steps on the same data.
     vit = subprocess.run(
         [sys.executable, "-m", "groupvit", "demo", "--baseline", "vit", "--out", str(tmp_path / "vit"), "--data",
