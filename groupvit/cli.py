@@ -367,7 +367,8 @@ def _demo(args: argparse.Namespace) -> int:
         soft_assignment=args.soft_assignment, multi_label=not args.no_multi_label, recipe=args.recipe,
         stages=args.stages, noun_loss=args.noun_loss, grouping_init=args.grouping_init, loss=args.loss,
         noun_positives=args.noun_positives, deep_noun_loss=args.deep_noun_loss, deep_noun_decay=args.deep_noun_decay,
-        mosaic_loss=args.mosaic_loss, text_pool=args.text_pool, in_memory=args.in_memory,
+        mosaic_loss=args.mosaic_loss, noun_templates=args.noun_templates, text_pool=args.text_pool,
+        in_memory=args.in_memory,
         drop_boilerplate_nouns=args.drop_boilerplate_nouns, seed=args.seed, train_scenes=args.train_scenes,
         val_scenes=args.val_scenes, config=args.config,
         **({"workers": args.workers} if args.workers is not None else {}),
@@ -499,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mosaic-loss", type=float, metavar="WEIGHT",
                    help="weight of a loss on 2x2 mosaics of the batch: each quadrant's groups against its source "
                    "caption and nouns (MixReorg-style; paper: 0)")  # fmt: skip
+    p.add_argument("--noun-templates", choices=["full", "simple"],
+                   help="noun prompts drawn from CLIP's 80 templates (paper) or the one classes are named with, "
+                   "'a photo of a {}.'")  # fmt: skip
     p.add_argument("--text-pool", choices=["eot", "max"],
                    help="text feature at the end-of-text token (paper) or the max over tokens")  # fmt: skip
     p.add_argument("--in-memory", action=argparse.BooleanOptionalAction,

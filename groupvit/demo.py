@@ -48,9 +48,11 @@ def usable_cores() -> int:
 # synthvoc.md, eighth round); every way it departs from "paper" is named in results.json and the report.
 RECIPES: dict[str, dict] = {
     "paper": dict(stages=2, grouping_init="reference", noun_loss="pooled", loss="softmax", noun_positives="own",
-                  deep_noun_loss=0.0, deep_noun_decay=False, mosaic_loss=0.0, text_pool="eot", in_memory=False),
+                  deep_noun_loss=0.0, deep_noun_decay=False, mosaic_loss=0.0, noun_templates="full", text_pool="eot",
+                  in_memory=False),
     "fast": dict(stages=1, grouping_init="fan_in", noun_loss="max_token", loss="sigmoid", noun_positives="shared",
-                 deep_noun_loss=1.0, deep_noun_decay=True, mosaic_loss=0.0, text_pool="eot", in_memory=True),
+                 deep_noun_loss=1.0, deep_noun_decay=True, mosaic_loss=0.0, noun_templates="full", text_pool="eot",
+                 in_memory=True),
 }  # fmt: skip
 
 
@@ -71,6 +73,7 @@ class DemoOptions:
     deep_noun_loss: float | None = None  # weight of the noun loss on the tokens before grouping (0: off)
     deep_noun_decay: bool | None = None  # decay that weight linearly to zero over the run
     mosaic_loss: float | None = None  # weight of the losses on 2x2 mosaics of the batch (0: off; TrainConfig)
+    noun_templates: str | None = None  # "full" (CLIP's 80, the paper) or "simple" (TrainConfig.noun_templates)
     text_pool: str | None = None  # "eot" (the paper) or "max" (TextConfig.pool)
     in_memory: bool | None = None  # training scenes decoded once into memory (TrainConfig.in_memory)
     drop_boilerplate_nouns: bool = False  # a variant: no prompts from nouns.BOILERPLATE_WORDS
@@ -265,6 +268,7 @@ def run_demo(options: DemoOptions) -> dict:
          "seed": options.seed, "eval_root": str(voc), "noun_loss": options.noun_loss, "loss": options.loss,
          "noun_positives": options.noun_positives, "deep_noun_loss": options.deep_noun_loss,
          "deep_noun_decay": options.deep_noun_decay, "mosaic_loss": options.mosaic_loss,
+         "noun_templates": options.noun_templates,
          "in_memory": options.in_memory,
          "noun_stopwords": list(BOILERPLATE_WORDS) if options.drop_boilerplate_nouns else [],
          "multi_label": train_section["multi_label"] if options.multi_label else 0},

@@ -19,7 +19,9 @@ from groupvit.losses import (
     sigmoid_image_text_loss,
 )
 from groupvit.model import GroupViT
+from groupvit.templates import FULL
 from groupvit.tokenizer import tokenize
+from groupvit.training.config import TrainConfig
 from groupvit.training.data import MAX_CAPTION_NOUNS, CaptionTexts, noun_key
 
 
@@ -54,6 +56,22 @@ def test_caption_texts_keys_name_each_prompts_noun():
     assert sorted(k for k in present if k >= 0) == sorted([noun_key("dog"), noun_key("cat")])
     assert present.count(-2) == MAX_CAPTION_NOUNS - 2
     assert noun_key("Dog") == noun_key("dog") != noun_key("dogs")
+
+
+def test_noun_templates_choose_the_prompts_of_the_noun_prompts():
+    import random
+
+    words = ["dog", "cat", "sheep"]
+    simple, _ = CaptionTexts(3, templates="simple")("a dog, a cat and a sheep", random.Random(1), words)
+    assert sorted(map(tuple, simple[1:].tolist())) == sorted(
+        map(tuple, tokenize([f"a photo of a {w}." for w in words]).tolist())
+    )
+    # The default draws from CLIP's 80 templates, as the paper: over many captions, far more than one prompt per noun.
+    texts, rng = CaptionTexts(1), random.Random(0)
+    drawn = {tuple(texts("a dog", rng, ["dog"])[0][1].tolist()) for _ in range(200)}
+    assert len(drawn) > 40 and {tuple(t) for t in tokenize([t.format("dog") for t in FULL]).tolist()} >= drawn
+    with pytest.raises(ValueError, match="noun_templates"):
+        TrainConfig(noun_templates="one")
 
 
 def random_unit(shape, seed):

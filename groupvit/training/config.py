@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import GroupViTConfig, dataclass_from_dict, model_config, read_yaml
 from ..losses import LOSSES, NOUN_LOSSES, NOUN_POSITIVES
+from ..templates import TEMPLATE_SETS
 
 
 @dataclass
@@ -22,6 +23,9 @@ class TrainConfig:
     # words never made into noun prompts (the paper: none; groupvit.data.nouns.BOILERPLATE_WORDS is a list of
     # alt-text filler such as "photo", "image", "background", "is")
     noun_stopwords: list[str] = field(default_factory=list)
+    # the prompt templates noun prompts are drawn from (groupvit.templates): "full", CLIP's 80 as the paper; "simple",
+    # the one the zero-shot protocol names classes with ("a photo of a {}."; a variant, docs/synthvoc.md tenth round)
+    noun_templates: str = "full"
     # Variants for small batches, not in the paper (docs/synthvoc.md, eighth round): "sigmoid" replaces both
     # softmax losses with SigLIP's pairwise sigmoid (the model needs logit_bias: true); noun_positives "shared"
     # makes every image whose caption has a prompt's noun a positive for it (the paper: only the prompt's own image);
@@ -105,6 +109,8 @@ class TrainConfig:
                                                                       NOUN_POSITIVES)):  # fmt: skip
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+        if self.noun_templates not in TEMPLATE_SETS:
+            raise ValueError(f"noun_templates must be one of {tuple(TEMPLATE_SETS)}, got {self.noun_templates!r}")
         if self.deep_noun_loss < 0:
             raise ValueError(f"deep_noun_loss must be >= 0, got {self.deep_noun_loss}")
         if self.mosaic_loss < 0:

@@ -18,7 +18,7 @@ import json
 import random
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import braceexpand
@@ -27,6 +27,7 @@ from PIL import Image
 
 from ..checks import DataError
 from ..data.nouns import CAPTION_KEYS, IMAGE_KEYS
+from ..templates import get_templates
 from ..tokenizer import tokenize
 
 MAX_CAPTION_NOUNS = 16  # caption nouns kept per sample for same-noun positives (SynthVOC captions have < 12)
@@ -44,11 +45,19 @@ class CaptionTexts:
 
     stopwords: words never made into prompts, compared lower-case (e.g. `nouns.BOILERPLATE_WORDS`; the
     reference has none). A caption left with fewer than K words is padded with itself, as the reference does.
+    templates: a `groupvit.templates` set name or the templates themselves (the reference: CLIP's 80, "full").
     """
 
-    def __init__(self, multi_label: int, tagger: str = "spacy", stopwords: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        multi_label: int,
+        tagger: str = "spacy",
+        stopwords: Iterable[str] = (),
+        templates: str | Sequence[str] = "full",
+    ) -> None:
         self.k, self.tagger, self._extractor = multi_label, tagger, None
         self.stopwords = frozenset(w.lower() for w in stopwords)
+        self.templates = get_templates(templates)
 
     def __call__(
         self, caption: str, rng: random.Random, nouns: list[str] | None = None
@@ -63,7 +72,7 @@ class CaptionTexts:
             nouns = self._extractor.nouns(caption)
         if self.stopwords:
             nouns = [w for w in nouns if w.lower() not in self.stopwords]
-        prompts = draw_prompts(caption, nouns, self.k, rng)
+        prompts = draw_prompts(caption, nouns, self.k, rng, self.templates)
         present = sorted({noun_key(w) for w in nouns})[:MAX_CAPTION_NOUNS]
         keys = [-1 if noun is None else noun_key(noun) for _, noun in prompts]
         keys += present + [-2] * (MAX_CAPTION_NOUNS - len(present))

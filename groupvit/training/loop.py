@@ -186,7 +186,7 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
 def build_loader(cfg: TrainConfig, rank: int, world: int, start_step: int):
     from ..data.augment import TensorLightAugment, train_transform
 
-    texts = CaptionTexts(cfg.multi_label, cfg.tagger, cfg.noun_stopwords)
+    texts = CaptionTexts(cfg.multi_label, cfg.tagger, cfg.noun_stopwords, cfg.noun_templates)
     if cfg.in_memory or cfg.data.lower().endswith((".csv", ".tsv")):
         if cfg.in_memory:  # augmented in this process: no loader process competes with the step for the cores
             table, workers = MemoryPairs(cfg.data, TensorLightAugment(cfg.image_size), texts, cfg.seed), 0
