@@ -56,6 +56,11 @@ RECIPES: dict[str, dict] = {
 }  # fmt: skip
 
 
+# The background thresholds tried on calib. 0.95: the official VOC threshold. 0.05 (a pixel's score is at least
+# 1/(5 C) = 0.01): the runs with mosaics chose 0.1, the lowest point before (docs/synthvoc.md, tenth round).
+DEMO_THRESHOLDS = (0.05, *(round(0.1 * i, 1) for i in range(1, 10)), 0.95)
+
+
 @dataclasses.dataclass
 class DemoOptions:
     out: Path = Path("synthvoc_demo")
@@ -369,9 +374,7 @@ def evaluate_demo(model, voc: Path, size: int, calib_images: int = 100) -> dict:
     namings = {name: n for name, n in NAMINGS.items() if grouped or n.hierarchical is None}
     calib = CalibrationImages(model, load_dataset("voc", voc, "calib"), calib_images, "whole", members=grouped,
                               short_side=size)  # fmt: skip
-    # 0.05 (a pixel's score is at least 1/(5 C) = 0.01): runs with mosaics chose 0.1, the old grid's lowest.
-    grid = [0.05] + [round(0.1 * i, 1) for i in range(1, 10)] + [0.95]  # 0.95: the official VOC threshold
-    best, choice = choose_naming(calib, namings, grid)
+    best, choice = choose_naming(calib, namings, DEMO_THRESHOLDS)
     threshold = choice["official"]["threshold"]
     options = {"calibrated": (threshold, NAMINGS["official"]), "official": (DATASET_DEFAULT, NAMINGS["official"]),
                "best": (choice[best]["threshold"], NAMINGS[best])}  # fmt: skip

@@ -350,7 +350,7 @@ def test_app_background_words_box(small_checkpoint, tmp_path):
 
 def test_demo_picks_the_naming_on_calib_and_scores_it_on_val(model, tmp_path):
     from groupvit.data.synthvoc import SceneOptions, SynthVOCSpec, generate, voc_root
-    from groupvit.demo import NAMINGS, evaluate_demo
+    from groupvit.demo import DEMO_THRESHOLDS, NAMINGS, evaluate_demo
 
     spec = SynthVOCSpec(seed=4, train=1, val=4, test=1, calib=3, shard_size=1, scene=SceneOptions(size=64))
     generate(tmp_path, spec, workers=1, progress=False)
@@ -360,8 +360,8 @@ def test_demo_picks_the_naming_on_calib_and_scores_it_on_val(model, tmp_path):
     assert list(choice["calib_miou"]) == list(NAMINGS)
     calib = CalibrationImages(model, load_dataset("voc", voc_root(tmp_path), "calib"), 3, "whole", members=True,
                               short_side=64)  # fmt: skip
-    grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
-    assert calib.threshold(NAMINGS[choice["chosen"]], grid)[0] == choice["threshold"]
+    assert DEMO_THRESHOLDS == (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    assert calib.threshold(NAMINGS[choice["chosen"]], DEMO_THRESHOLDS)[0] == choice["threshold"]
     val = load_dataset("voc", voc_root(tmp_path), "val")
 
     def val_miou(threshold: float, naming: Naming | None = None) -> float:
