@@ -94,8 +94,8 @@ class TestSettings:
 
     def describe(self, background: str | None = None) -> str:
         """One line for users: what these settings do (`background`: the threshold as a caller resolved it)."""
-        threshold = "the dataset's" if self.background_threshold is None else f"{self.background_threshold:g}"
-        threshold = background or threshold
+        recorded = "the dataset's" if self.background_threshold is None else f"{self.background_threshold:g}"
+        threshold = background or recorded
         window = f"{self.crop_size}-pixel crops at stride {self.stride}" if self.mode == "slide" else "one pass"
         naming = "" if self.naming.official else ", a naming variant"
         return f"short side {self.short_side}, {self.mode} mode ({window}), background threshold {threshold}{naming}"

@@ -103,14 +103,12 @@ class TrainConfig:
         if low or self.workers < 0:
             raise ValueError(f"training config: {', '.join(counts)} must be positive and workers >= 0; got "
                              f"{', '.join(low) or f'workers={self.workers}'}")  # fmt: skip
-        if self.noun_loss not in NOUN_LOSSES:
-            raise ValueError(f"noun_loss must be one of {NOUN_LOSSES}, got {self.noun_loss!r}")
-        for key, value, allowed in (("loss", self.loss, LOSSES), ("noun_positives", self.noun_positives,
-                                                                      NOUN_POSITIVES)):  # fmt: skip
+        choices = (("noun_loss", self.noun_loss, NOUN_LOSSES), ("loss", self.loss, LOSSES),
+                   ("noun_positives", self.noun_positives, NOUN_POSITIVES),
+                   ("noun_templates", self.noun_templates, tuple(TEMPLATE_SETS)))  # fmt: skip
+        for key, value, allowed in choices:
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
-        if self.noun_templates not in TEMPLATE_SETS:
-            raise ValueError(f"noun_templates must be one of {tuple(TEMPLATE_SETS)}, got {self.noun_templates!r}")
         if self.deep_noun_loss < 0:
             raise ValueError(f"deep_noun_loss must be >= 0, got {self.deep_noun_loss}")
         if self.mosaic_loss < 0:
