@@ -54,7 +54,7 @@ def test_to_normalized_tensor_keeps_pixel_layout():
     np.testing.assert_allclose(back, arr, atol=1e-3)
 
 
-@pytest.mark.parametrize("preset", ["groupvit", "light"])
+@pytest.mark.parametrize("preset", ["groupvit", "light", "flip"])
 def test_train_transform_shape_and_dtype(preset):
     t = A.train_transform(size=32, preset=preset)
     for mode in ("RGB", "L", "RGBA"):
@@ -68,9 +68,10 @@ def test_train_transform_default_size_and_unknown_preset():
         A.train_transform(preset="heavy")
 
 
-def test_light_preset_on_constant_image_is_constant():
-    # Crop, flip and resize cannot change a constant image; no RandAugment / erasing in "light".
-    x = A.train_transform(size=16, preset="light")(Image.new("RGB", (40, 30), (124, 116, 104)))
+@pytest.mark.parametrize("preset", ["light", "flip"])
+def test_light_preset_on_constant_image_is_constant(preset):
+    # Crop, flip and resize cannot change a constant image; no RandAugment / erasing in "light" or "flip".
+    x = A.train_transform(size=16, preset=preset)(Image.new("RGB", (40, 30), (124, 116, 104)))
     expected = (np.array([124, 116, 104]) / 255 - MEAN) / STD
     np.testing.assert_allclose(x.mean(dim=(1, 2)).numpy(), expected, atol=1e-5)
     assert float(x.std(dim=(1, 2)).max()) < 1e-5
@@ -456,3 +457,13 @@ def test_same_seeds_same_output():
     other = _run(4, transform, img)
     assert any(not torch.equal(a, b) for a, b in zip(first, other, strict=True))
     assert len({a.numpy().tobytes() for a in first}) == 8  # successive calls differ
+
+
+def test_flip_preset_keeps_the_whole_picture():
+    # No random crop: every draw is the evaluation view of the image (short side resized, centre crop) or its mirror.
+    torch.manual_seed(0)
+    image = _noise_image(50, 40)
+    whole = A.eval_transform(size=32, resize=32)(image)
+    outputs = [A.train_transform(size=32, preset="flip")(image) for _ in range(12)]
+    assert all(torch.equal(x, whole) or torch.equal(x, whole.flip(-1)) for x in outputs)
+    assert any(torch.equal(x, whole.flip(-1)) for x in outputs) and any(torch.equal(x, whole) for x in outputs)

@@ -59,11 +59,12 @@ def test_memory_pairs_hold_every_readable_pair(pairs):
     assert memory.nouns(1) == ["cats", "on", "grass"]  # read from nouns.json, not tagged again
 
 
-def test_memory_batches_match_the_pil_path(pairs):
-    """Same seed: the same permutation, crop boxes and flips as CaptionTable with the light PIL transform."""
+@pytest.mark.parametrize(("preset", "scale"), [("light", (0.5, 1.0)), ("flip", None)])
+def test_memory_batches_match_the_pil_path(pairs, preset, scale):
+    """Same seed: the same permutation, crop boxes and flips as CaptionTable with the PIL transform."""
     texts = CaptionTexts(0)
-    memory = MemoryPairs(str(pairs / "shard-{000000..000000}.tar"), TensorLightAugment(64), texts, seed=3)
-    table = CaptionTable(pairs / "pairs.csv", train_transform(64, "light"), texts, seed=3)
+    memory = MemoryPairs(str(pairs / "shard-{000000..000000}.tar"), TensorLightAugment(64, scale), texts, seed=3)
+    table = CaptionTable(pairs / "pairs.csv", train_transform(64, preset), texts, seed=3)
     flips = 0
     for batch in step_batches(0, 4, 5, 1, 0, 1):  # 20 positions: more than three epochs of 6 pairs
         mem_images, mem_ids, _, _ = collate([memory[q] for q in batch])

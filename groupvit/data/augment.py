@@ -536,17 +536,22 @@ GROUPVIT_RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
 
 
 class TensorLightAugment:
-    """The "light" preset on a uint8 tensor [3, H, W] instead of a PIL image, for data held in memory
-    (`training.data.MemoryPairs`): the same random draws in the same order (crop box from `random`, flip from torch),
-    the crop resized with antialiased bilinear interpolation (PIL's bilinear filter), then normalised."""
+    """The "light" preset (or "flip", with `scale=None`) on a uint8 tensor [3, H, W] instead of a PIL image, for
+    data held in memory (`training.data.MemoryPairs`): the same random draws in the same order (crop box from
+    `random`, flip from torch), the crop resized with antialiased bilinear interpolation (PIL's bilinear filter), then
+    normalised. Without a crop the central square is resized, as ResizeShortSide + CenterCrop."""
 
-    def __init__(self, size: int, scale: tuple[float, float] = (0.5, 1.0)) -> None:
+    def __init__(self, size: int, scale: tuple[float, float] | None = (0.5, 1.0)) -> None:
         self.size, self.scale = size, scale
         self.mean = torch.tensor(IMAGENET_MEAN).view(-1, 1, 1)  # [3, 1, 1]
         self.std = torch.tensor(IMAGENET_STD).view(-1, 1, 1)  # [3, 1, 1]
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        top, left, h, w = random_resized_crop_box(image.shape[2], image.shape[1], self.scale)
+        if self.scale is None:
+            h = w = min(image.shape[1:])
+            top, left = round((image.shape[1] - h) / 2), round((image.shape[2] - w) / 2)
+        else:
+            top, left, h, w = random_resized_crop_box(image.shape[2], image.shape[1], self.scale)
         crop = image[None, :, top : top + h, left : left + w].float()  # [1, 3, h, w]
         x = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)[0]
         if torch.rand(1).item() < 0.5:
@@ -561,7 +566,8 @@ def train_transform(size: int = 224, preset: str = "groupvit") -> Callable[[Imag
     RandAugment's geometric ops use bilinear resampling because GroupViT sets interpolation='bilinear',
     which timm forwards to RandAugment (it only picks bilinear/bicubic at random for 'random').
     "light": crop (scale 0.5-1) + flip + normalise, for small or synthetic data where heavy
-    augmentation would swamp the signal.
+    augmentation would swamp the signal. "flip": the whole image (its central square) + flip + normalise, so
+    every object a caption names stays in the picture (a variant for SynthVOC, not in the paper).
     """
     if preset == "groupvit":
         return Compose(
@@ -583,7 +589,11 @@ def train_transform(size: int = 224, preset: str = "groupvit") -> Callable[[Imag
                 ToNormalizedTensor(),
             ]
         )
-    raise ValueError(f"unknown augmentation preset {preset!r}; expected 'groupvit' or 'light'")
+    if preset == "flip":
+        return Compose(
+            [to_rgb, ResizeShortSide(size), CenterCrop(size), RandomHorizontalFlip(0.5), ToNormalizedTensor()]
+        )
+    raise ValueError(f"unknown augmentation preset {preset!r}; expected 'groupvit', 'light' or 'flip'")
 
 
 def eval_transform(size: int = 224, resize: int | None = None) -> Callable[[Image.Image], torch.Tensor]:

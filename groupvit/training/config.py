@@ -57,12 +57,12 @@ class TrainConfig:
     clip_grad: float = 5.0
     # input
     image_size: int = 224
-    augment: str = "groupvit"  # groupvit (RandAugment, random erasing) or light
+    augment: str = "groupvit"  # groupvit (RandAugment, random erasing), light (crop 0.5-1, flip) or flip (no crop)
     workers: int = 4
     shuffle_buffer: int = 10_000
     resampled: bool = True  # shards drawn with replacement per worker; False: each shard once per epoch
     # hold the decoded shards in memory and augment batches with tensor ops in the training process (the "light"
-    # preset): for data that fits in RAM, such as SynthVOC; no JPEG decoding or loader process per step
+    # or "flip" preset): for data that fits in RAM, such as SynthVOC; no JPEG decoding or loader process per step
     in_memory: bool = False
     # bookkeeping
     seed: int = 0
@@ -115,8 +115,8 @@ class TrainConfig:
             raise ValueError(f"mosaic_loss must be >= 0, got {self.mosaic_loss}")
         if self.mosaic_loss and self.batch_size < 4:
             raise ValueError(f"mosaic_loss tiles 4 images into one mosaic; batch_size {self.batch_size} is under 4")
-        if self.in_memory and self.augment != "light":
-            raise ValueError("in_memory data is augmented with the light preset only; set augment: light")
+        if self.in_memory and self.augment not in ("light", "flip"):
+            raise ValueError(f"in_memory data is augmented with the light or flip preset, got augment: {self.augment}")
         if self.minutes < 0:
             raise ValueError(f"minutes must be >= 0, got {self.minutes}")
         if self.precision not in ("auto", "bf16", "fp32"):

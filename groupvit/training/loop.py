@@ -189,7 +189,8 @@ def build_loader(cfg: TrainConfig, rank: int, world: int, start_step: int):
     texts = CaptionTexts(cfg.multi_label, cfg.tagger, cfg.noun_stopwords, cfg.noun_templates)
     if cfg.in_memory or cfg.data.lower().endswith((".csv", ".tsv")):
         if cfg.in_memory:  # augmented in this process: no loader process competes with the step for the cores
-            table, workers = MemoryPairs(cfg.data, TensorLightAugment(cfg.image_size), texts, cfg.seed), 0
+            memory_augment = TensorLightAugment(cfg.image_size, None if cfg.augment == "flip" else (0.5, 1.0))
+            table, workers = MemoryPairs(cfg.data, memory_augment, texts, cfg.seed), 0
         else:
             transform = train_transform(cfg.image_size, cfg.augment)
             table, workers = CaptionTable(cfg.data, transform, texts, cfg.seed), cfg.workers
