@@ -67,10 +67,11 @@ class GroupViT(nn.Module):
         self.multi_label_logit_scale = (
             nn.Parameter(torch.tensor(config.logit_scale_init)) if config.multi_label_logit_scale else None
         )
-        # SigLIP's bias, initialised at -10 as open_clip does, so that the many negatives start near zero loss.
-        self.logit_bias = nn.Parameter(torch.tensor(-10.0)) if config.logit_bias else None
+        # SigLIP's bias, by default -10 as open_clip, so that the many negatives start near zero loss.
+        bias = config.logit_bias_init
+        self.logit_bias = nn.Parameter(torch.tensor(bias)) if config.logit_bias else None
         self.multi_label_logit_bias = (
-            nn.Parameter(torch.tensor(-10.0)) if config.logit_bias and config.multi_label_logit_scale else None
+            nn.Parameter(torch.tensor(bias)) if config.logit_bias and config.multi_label_logit_scale else None
         )
         self.patch_projection = (
             ProjectionHead(config.vision.width, config.projection_hidden_dim, config.projection_dim)

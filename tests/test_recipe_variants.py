@@ -172,6 +172,17 @@ def test_deep_noun_loss_is_the_token_level_loss_on_the_tokens_entering_grouping(
     assert model.patch_projection.fc1.weight.grad.abs().sum() > 0
 
 
+def test_sigmoid_losses_start_at_the_configured_bias():
+    # Orthogonal image and text embeddings (cosine 0): every pair's logit is the bias b, so a batch of B pairs
+    # scores -(log sigmoid(b) + (B - 1) log sigmoid(-b)) per image, and the multi-label bias starts at b too.
+    for bias in (-10.0, -3.0):
+        model = tiny_model(logit_bias=True, logit_bias_init=bias)
+        assert model.multi_label_logit_bias.item() == bias
+        image, text = torch.eye(4)[:2], torch.eye(4)[2:]
+        loss = sigmoid_image_text_loss(image, text, model.logit_scale_value(), model.logit_bias)
+        assert loss.item() == pytest.approx(-(log_sigmoid(bias) + log_sigmoid(-bias)), rel=1e-5)
+
+
 def test_variants_need_their_model_parts():
     images, texts = torch.randn(2, 3, 64, 64), torch.stack([tokenize(["a", "a photo of a dog."])] * 2)
     with pytest.raises(ValueError, match="logit_bias"):
