@@ -206,6 +206,8 @@ def variant_model(model: dict, options: DemoOptions) -> dict:
 
 def prepare_data(options: DemoOptions, scene: SceneOptions) -> tuple[Path, str]:
     """Generate SynthVOC (cached) and tag its captions' nouns once; returns (root, training shard pattern)."""
+    from filelock import FileLock, Timeout
+
     from .data.nouns import prepare_nouns
     from .data.synthvoc import SynthVOCSpec, generate, train_shards
     from .training.data import expand_shards
@@ -213,10 +215,22 @@ def prepare_data(options: DemoOptions, scene: SceneOptions) -> tuple[Path, str]:
     root = Path(options.data or default_data_dir(options.seed, scene))
     spec = SynthVOCSpec(seed=options.seed, train=options.train_scenes, val=options.val_scenes, scene=scene)
     tagged = root / "train_nouns"
-    if generate(root, spec, workers=options.workers):
-        shutil.rmtree(tagged, ignore_errors=True)  # nouns of the previous scenes
-    shards = expand_shards(train_shards(root / "train", spec))
-    prepare_nouns(shards, tagged, num_workers=options.workers, skip_existing=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # One process prepares a folder at a time: two demos started together on one cache would otherwise delete
+    # each other's half-tagged shards. The second waits, then finds the folder ready.
+    lock = FileLock(root.parent / f".{root.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process preparing {root} ...", flush=True)
+        lock.acquire()
+    try:
+        if generate(root, spec, workers=options.workers):
+            shutil.rmtree(tagged, ignore_errors=True)  # nouns of the previous scenes
+        shards = expand_shards(train_shards(root / "train", spec))
+        prepare_nouns(shards, tagged, num_workers=options.workers, skip_existing=True)
+    finally:
+        lock.release()
     return root, train_shards(tagged, spec)
 
 

@@ -456,3 +456,41 @@ def test_scenes_only_writes_the_val_splits_files_byte_for_byte(tmp_path):
     again = subprocess.run([sys.executable, "-m", "groupvit", "demo", "--scenes-only", "3", "--out", str(tmp_path)],
                            capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 2 and "--overwrite" in again.stderr  # never replaces files silently
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_two_demos_prepare_one_data_folder_in_turn(tmp_path, monkeypatch, capsys):
+    """A second demo on the same cache waits for the first to finish generating and tagging, instead of deleting
+    its half-tagged shards (the race two demos started together used to lose)."""
+    import threading
+    import time
+
+    import groupvit.data.nouns as nouns
+    import groupvit.data.synthvoc as synthvoc
+    import groupvit.training.data as training_data
+    from groupvit.demo import DemoOptions, prepare_data
+
+    events = []
+
+    def fake_generate(root, spec, workers=2):
+        events.append("generate")
+        time.sleep(0.3)
+        return True
+
+    def fake_prepare_nouns(shards, out, num_workers=1, skip_existing=False):
+        events.append("tag")
+        time.sleep(0.3)
+        events.append("tagged")
+
+    monkeypatch.setattr(synthvoc, "generate", fake_generate)
+    monkeypatch.setattr(nouns, "prepare_nouns", fake_prepare_nouns)
+    monkeypatch.setattr(training_data, "expand_shards", lambda pattern: [pattern])  # no shards are written
+    options = DemoOptions(data=tmp_path / "d")
+    runs = [threading.Thread(target=prepare_data, args=(options, SceneOptions())) for _ in range(2)]
+    for run in runs:
+        run.start()
+        time.sleep(0.1)
+    for run in runs:
+        run.join()
+    assert events == ["generate", "tag", "tagged"] * 2
+    assert f"waiting for another process preparing {tmp_path / 'd'}" in capsys.readouterr().out
