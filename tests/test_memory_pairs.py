@@ -59,12 +59,12 @@ def test_memory_pairs_hold_every_readable_pair(pairs):
     assert memory.nouns(1) == ["cats", "on", "grass"]  # read from nouns.json, not tagged again
 
 
-@pytest.mark.parametrize(("preset", "scale"), [("light", (0.5, 1.0)), ("flip", None)])
+@pytest.mark.parametrize(("preset", "scale"), [("light", (0.5, 1.0)), ("light", (0.2, 0.3)), ("flip", None)])
 def test_memory_batches_match_the_pil_path(pairs, preset, scale):
     """Same seed: the same permutation, crop boxes and flips as CaptionTable with the PIL transform."""
     texts = CaptionTexts(0)
     memory = MemoryPairs(str(pairs / "shard-{000000..000000}.tar"), TensorLightAugment(64, scale), texts, seed=3)
-    table = CaptionTable(pairs / "pairs.csv", train_transform(64, preset), texts, seed=3)
+    table = CaptionTable(pairs / "pairs.csv", train_transform(64, preset, scale or (0.5, 1.0)), texts, seed=3)
     flips = 0
     for batch in step_batches(0, 4, 5, 1, 0, 1):  # 20 positions: more than three epochs of 6 pairs
         mem_images, mem_ids, _, _ = collate([memory[q] for q in batch])
@@ -83,3 +83,21 @@ def test_memory_pairs_name_the_data_when_nothing_is_readable(tmp_path):
         add(tar, "a.txt", b"caption")
     with pytest.raises(ValueError, match=r"bad-0\.tar"):
         MemoryPairs(str(tmp_path / "bad-0.tar"), TensorLightAugment(64), CaptionTexts(0))
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_the_loader_crops_at_the_configured_scale(pairs, in_memory):
+    from groupvit.training.config import TrainConfig
+    from groupvit.training.loop import build_loader
+
+    data = str(pairs / "shard-{000000..000000}.tar") if in_memory else str(pairs / "pairs.csv")
+    cfg = TrainConfig(data=data, in_memory=in_memory, augment="light", crop_scale=[0.2, 0.3], batch_size=2,
+                      image_size=32, multi_label=0, workers=0, steps=1)  # fmt: skip
+    transform = build_loader(cfg, 0, 1, 0).dataset.transform
+    crop = transform if in_memory else transform.transforms[1]
+    assert crop.scale == (0.2, 0.3)
+    if in_memory:  # "flip": no crop at all
+        cfg = TrainConfig(data=data, in_memory=True, augment="flip", batch_size=2, multi_label=0, steps=1)
+        assert build_loader(cfg, 0, 1, 0).dataset.transform.scale is None
+    with pytest.raises(ValueError, match=r"crop_scale must be \[low, high\] with 0 < low <= high <= 1, got 0.5"):
+        TrainConfig.from_dict({}, ["crop_scale=0.5"])

@@ -559,14 +559,16 @@ class TensorLightAugment:
         return (x.clamp_(0, 255).round_() / 255 - self.mean) / self.std  # rounded like the uint8 PIL path
 
 
-def train_transform(size: int = 224, preset: str = "groupvit") -> Callable[[Image.Image], torch.Tensor]:
+def train_transform(
+    size: int = 224, preset: str = "groupvit", crop_scale: tuple[float, float] = (0.5, 1.0)
+) -> Callable[[Image.Image], torch.Tensor]:
     """Training pipeline: PIL image -> normalised float tensor [3, size, size].
 
     "groupvit": the paper's recipe (timm create_transform with the settings of GroupViT's default.yml).
     RandAugment's geometric ops use bilinear resampling because GroupViT sets interpolation='bilinear',
     which timm forwards to RandAugment (it only picks bilinear/bicubic at random for 'random').
-    "light": crop (scale 0.5-1) + flip + normalise, for small or synthetic data where heavy
-    augmentation would swamp the signal. "flip": the whole image (its central square) + flip + normalise, so
+    "light": crop (`crop_scale` of the area, by default 0.5-1) + flip + normalise, for small or synthetic data where
+    heavy augmentation would swamp the signal. "flip": the whole image (its central square) + flip + normalise, so
     every object a caption names stays in the picture (a variant for SynthVOC, not in the paper).
     """
     if preset == "groupvit":
@@ -584,7 +586,7 @@ def train_transform(size: int = 224, preset: str = "groupvit") -> Callable[[Imag
         return Compose(
             [
                 to_rgb,
-                RandomResizedCrop(size, scale=(0.5, 1.0), interpolation="bilinear"),
+                RandomResizedCrop(size, scale=crop_scale, interpolation="bilinear"),
                 RandomHorizontalFlip(0.5),
                 ToNormalizedTensor(),
             ]

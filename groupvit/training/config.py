@@ -57,7 +57,8 @@ class TrainConfig:
     clip_grad: float = 5.0
     # input
     image_size: int = 224
-    augment: str = "groupvit"  # groupvit (RandAugment, random erasing), light (crop 0.5-1, flip) or flip (no crop)
+    augment: str = "groupvit"  # groupvit (RandAugment, random erasing), light (crop, flip) or flip (no crop)
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # the light preset's random crop: its share of the image's area
     workers: int = 4
     shuffle_buffer: int = 10_000
     resampled: bool = True  # shards drawn with replacement per worker; False: each shard once per epoch
@@ -94,6 +95,13 @@ class TrainConfig:
                 kind = type(default).__name__
                 raise ValueError(f"training config key {f.name!r}: {value!r} is not a {kind}") from None
         self.betas = tuple(self.betas)
+        try:
+            low, high = (float(v) for v in self.crop_scale)
+        except (TypeError, ValueError):
+            low = high = -1.0
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale!r}")
+        self.crop_scale = (low, high)
         words = self.noun_stopwords
         if not isinstance(words, list | tuple) or not all(isinstance(w, str) for w in words):
             raise ValueError(f"noun_stopwords must be a list of words, e.g. [photo, image], got {words!r}")
@@ -148,4 +156,5 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["betas"] = list(self.betas)
+        out["crop_scale"] = list(self.crop_scale)
         return out

@@ -189,16 +189,16 @@ def build_loader(cfg: TrainConfig, rank: int, world: int, start_step: int):
     texts = CaptionTexts(cfg.multi_label, cfg.tagger, cfg.noun_stopwords, cfg.noun_templates)
     if cfg.in_memory or cfg.data.lower().endswith((".csv", ".tsv")):
         if cfg.in_memory:  # augmented in this process: no loader process competes with the step for the cores
-            memory_augment = TensorLightAugment(cfg.image_size, None if cfg.augment == "flip" else (0.5, 1.0))
+            memory_augment = TensorLightAugment(cfg.image_size, None if cfg.augment == "flip" else cfg.crop_scale)
             table, workers = MemoryPairs(cfg.data, memory_augment, texts, cfg.seed), 0
         else:
-            transform = train_transform(cfg.image_size, cfg.augment)
+            transform = train_transform(cfg.image_size, cfg.augment, cfg.crop_scale)
             table, workers = CaptionTable(cfg.data, transform, texts, cfg.seed), cfg.workers
         # A time budget runs an unknown number of steps: positions then go on for ever instead of repeating.
         steps = None if cfg.minutes else cfg.steps
         batches = step_batches(start_step, steps, cfg.batch_size, cfg.accum_steps, rank, world)
         return torch.utils.data.DataLoader(table, batch_sampler=batches, collate_fn=collate, num_workers=workers)
-    transform = train_transform(cfg.image_size, preset=cfg.augment)
+    transform = train_transform(cfg.image_size, cfg.augment, cfg.crop_scale)
     # Streams are reseeded from the step, so a resumed run does not replay the samples it has seen.
     seed = cfg.seed + 1000 * rank + 7 * start_step
     return shard_loader(
