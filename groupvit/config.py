@@ -119,7 +119,7 @@ class GroupViTConfig:
     # loss (`loss: sigmoid`), and a projection head for the patch tokens entering the first grouping block (the
     # deep noun loss). Neither is used at test time.
     logit_bias: bool = False
-    logit_bias_init: float = -10.0  # open_clip's SigLIP start, for batches of thousands (docs/synthvoc.md)
+    logit_bias_init: float = -10.0  # open_clip's SigLIP start; -5 did worse on SynthVOC (docs/synthvoc.md, 11th round)
     patch_head: bool = False
 
     def __post_init__(self) -> None:
