@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from groupvit.data.augment import TensorLightAugment, train_transform
+from groupvit.data.augment import LIGHT_CROP_SCALE, TensorLightAugment, train_transform
 from groupvit.training.data import CaptionTable, CaptionTexts, MemoryPairs, collate, step_batches
 
 CAPTIONS = ["a red dog", "two cats on grass", "a bus", "a chair and a sofa", "a bird in the sky", "a tv"]
@@ -64,7 +64,7 @@ def test_memory_batches_match_the_pil_path(pairs, preset, scale):
     """Same seed: the same permutation, crop boxes and flips as CaptionTable with the PIL transform."""
     texts = CaptionTexts(0)
     memory = MemoryPairs(str(pairs / "shard-{000000..000000}.tar"), TensorLightAugment(64, scale), texts, seed=3)
-    table = CaptionTable(pairs / "pairs.csv", train_transform(64, preset, scale or (0.5, 1.0)), texts, seed=3)
+    table = CaptionTable(pairs / "pairs.csv", train_transform(64, preset, scale or LIGHT_CROP_SCALE), texts, seed=3)
     flips = 0
     for batch in step_batches(0, 4, 5, 1, 0, 1):  # 20 positions: more than three epochs of 6 pairs
         mem_images, mem_ids, _, _ = collate([memory[q] for q in batch])
@@ -99,5 +99,7 @@ def test_the_loader_crops_at_the_configured_scale(pairs, in_memory):
     if in_memory:  # "flip": no crop at all
         cfg = TrainConfig(data=data, in_memory=True, augment="flip", batch_size=2, multi_label=0, steps=1)
         assert build_loader(cfg, 0, 1, 0).dataset.transform.scale is None
+    with pytest.raises(ValueError, match="in_memory data is augmented with light or flip, got augment: groupvit"):
+        TrainConfig(data=data, in_memory=True, augment="groupvit")
     with pytest.raises(ValueError, match=r"crop_scale must be \[low, high\] with 0 < low <= high <= 1, got 0.5"):
         TrainConfig.from_dict({}, ["crop_scale=0.5"])

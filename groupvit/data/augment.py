@@ -535,13 +535,16 @@ class CenterCrop:
 GROUPVIT_RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
 
 
+LIGHT_CROP_SCALE = (0.5, 1.0)  # the light preset's default crop: a share of the image's area
+
+
 class TensorLightAugment:
     """The "light" preset (or "flip", with `scale=None`) on a uint8 tensor [3, H, W] instead of a PIL image, for
     data held in memory (`training.data.MemoryPairs`): the same random draws in the same order (crop box from
     `random`, flip from torch), the crop resized with antialiased bilinear interpolation (PIL's bilinear filter), then
     normalised. Without a crop the central square is resized, as ResizeShortSide + CenterCrop."""
 
-    def __init__(self, size: int, scale: tuple[float, float] | None = (0.5, 1.0)) -> None:
+    def __init__(self, size: int, scale: tuple[float, float] | None = LIGHT_CROP_SCALE) -> None:
         self.size, self.scale = size, scale
         self.mean = torch.tensor(IMAGENET_MEAN).view(-1, 1, 1)  # [3, 1, 1]
         self.std = torch.tensor(IMAGENET_STD).view(-1, 1, 1)  # [3, 1, 1]
@@ -560,7 +563,7 @@ class TensorLightAugment:
 
 
 def train_transform(
-    size: int = 224, preset: str = "groupvit", crop_scale: tuple[float, float] = (0.5, 1.0)
+    size: int = 224, preset: str = "groupvit", crop_scale: tuple[float, float] = LIGHT_CROP_SCALE
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Training pipeline: PIL image -> normalised float tensor [3, size, size].
 
@@ -596,6 +599,18 @@ def train_transform(
             [to_rgb, ResizeShortSide(size), CenterCrop(size), RandomHorizontalFlip(0.5), ToNormalizedTensor()]
         )
     raise ValueError(f"unknown augmentation preset {preset!r}; expected 'groupvit', 'light' or 'flip'")
+
+
+TENSOR_PRESETS = ("light", "flip")  # the presets `tensor_transform` has for data held in memory
+
+
+def tensor_transform(
+    size: int, preset: str = "light", crop_scale: tuple[float, float] = LIGHT_CROP_SCALE
+) -> TensorLightAugment:
+    """`train_transform`'s light or flip preset on uint8 tensors [3, H, W] (`training.data.MemoryPairs`)."""
+    if preset not in TENSOR_PRESETS:
+        raise ValueError(f"data held in memory is augmented with {' or '.join(TENSOR_PRESETS)}, got {preset!r}")
+    return TensorLightAugment(size, None if preset == "flip" else crop_scale)
 
 
 def eval_transform(size: int = 224, resize: int | None = None) -> Callable[[Image.Image], torch.Tensor]:

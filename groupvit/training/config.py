@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import GroupViTConfig, dataclass_from_dict, model_config, read_yaml
+from ..data.augment import LIGHT_CROP_SCALE, TENSOR_PRESETS
 from ..losses import LOSSES, NOUN_LOSSES, NOUN_POSITIVES
 from ..templates import TEMPLATE_SETS
 
@@ -58,7 +59,7 @@ class TrainConfig:
     # input
     image_size: int = 224
     augment: str = "groupvit"  # groupvit (RandAugment, random erasing), light (crop, flip) or flip (no crop)
-    crop_scale: tuple[float, float] = (0.5, 1.0)  # the light preset's random crop: its share of the image's area
+    crop_scale: tuple[float, float] = LIGHT_CROP_SCALE  # the light preset's random crop: its share of the area
     workers: int = 4
     shuffle_buffer: int = 10_000
     resampled: bool = True  # shards drawn with replacement per worker; False: each shard once per epoch
@@ -123,8 +124,9 @@ class TrainConfig:
             raise ValueError(f"mosaic_loss must be >= 0, got {self.mosaic_loss}")
         if self.mosaic_loss and self.batch_size < 4:
             raise ValueError(f"mosaic_loss tiles 4 images into one mosaic; batch_size {self.batch_size} is under 4")
-        if self.in_memory and self.augment not in ("light", "flip"):
-            raise ValueError(f"in_memory data is augmented with the light or flip preset, got augment: {self.augment}")
+        if self.in_memory and self.augment not in TENSOR_PRESETS:
+            raise ValueError(f"in_memory data is augmented with {' or '.join(TENSOR_PRESETS)}, got augment: "
+                             f"{self.augment}")  # fmt: skip
         if self.minutes < 0:
             raise ValueError(f"minutes must be >= 0, got {self.minutes}")
         if self.precision not in ("auto", "bf16", "fp32"):

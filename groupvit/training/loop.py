@@ -184,13 +184,13 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
 
 
 def build_loader(cfg: TrainConfig, rank: int, world: int, start_step: int):
-    from ..data.augment import TensorLightAugment, train_transform
+    from ..data.augment import tensor_transform, train_transform
 
     texts = CaptionTexts(cfg.multi_label, cfg.tagger, cfg.noun_stopwords, cfg.noun_templates)
     if cfg.in_memory or cfg.data.lower().endswith((".csv", ".tsv")):
         if cfg.in_memory:  # augmented in this process: no loader process competes with the step for the cores
-            memory_augment = TensorLightAugment(cfg.image_size, None if cfg.augment == "flip" else cfg.crop_scale)
-            table, workers = MemoryPairs(cfg.data, memory_augment, texts, cfg.seed), 0
+            transform = tensor_transform(cfg.image_size, cfg.augment, cfg.crop_scale)
+            table, workers = MemoryPairs(cfg.data, transform, texts, cfg.seed), 0
         else:
             transform = train_transform(cfg.image_size, cfg.augment, cfg.crop_scale)
             table, workers = CaptionTable(cfg.data, transform, texts, cfg.seed), cfg.workers
