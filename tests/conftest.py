@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +110,15 @@ def write_tiny_voc(folder: Path, count: int = 3) -> Path:
     (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
     (root / "ImageSets/Segmentation/train.txt").write_text(ids[0] + "\n")
     return root
+
+
+def torchrun_two_processes() -> tuple[list[str], dict[str, str]]:
+    """torchrun with 2 CPU processes on loopback and a port that is free now, with one thread each, and its env.
+    A fixed port may be taken and gloo otherwise binds to whatever the host name resolves to: either can hang the
+    rendezvous on a CI machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port)]  # fmt: skip
+    return command, {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}

@@ -18,6 +18,7 @@ from PIL import Image
 
 from groupvit.training.config import TrainConfig
 from groupvit.training.loop import learning_rate, parameter_groups
+from tests.conftest import torchrun_two_processes
 
 TINY_MODEL = {
     "model": {
@@ -128,9 +129,9 @@ def test_two_process_gloo_equals_one_process(dataset, tmp_path):
     one = subprocess.run(train_cmd(dataset, tmp_path / "one", *common, "--batch-size", "8"), capture_output=True,
                          text=True)  # fmt: skip
     assert one.returncode == 0, one.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    torchrun, env = torchrun_two_processes()
     cmd = train_cmd(dataset, tmp_path / "two", *common, "--batch-size", "4")
-    two = subprocess.run(torchrun + cmd[1:], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    two = subprocess.run(torchrun + cmd[1:], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr
     a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     for key in a:
