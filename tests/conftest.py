@@ -115,7 +115,7 @@ def write_tiny_voc(folder: Path, count: int = 3) -> Path:
 def torchrun_two_processes() -> tuple[list[str], dict[str, str]]:
     """torchrun with 2 CPU processes on loopback and a port that is free now, with one thread each, and its env.
     A fixed port may be taken and gloo otherwise binds to whatever the host name resolves to: either can hang the
-    rendezvous on a CI machine."""
+    rendezvous on a CI machine (a hang that remains fails at pytest-timeout's limit, set in pyproject.toml)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
