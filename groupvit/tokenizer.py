@@ -54,11 +54,12 @@ def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -
         texts = [texts]
     if context_length < 2:
         raise ValueError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
-    out = torch.zeros(len(texts), context_length, dtype=torch.long)
+    rows = []
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"tokenize expects strings, got {type(text).__name__} at position {i}")
         ids = [SOT_TOKEN, *_encode_cached(text), EOT_TOKEN][:context_length]
         ids[-1] = EOT_TOKEN
-        out[i, : len(ids)] = torch.tensor(ids)
-    return out
+        rows.append(ids + [0] * (context_length - len(ids)))
+    # One tensor from the padded rows: a tensor per row cost as much as the BPE itself in the training loader.
+    return torch.tensor(rows, dtype=torch.long).reshape(len(texts), context_length)

@@ -169,11 +169,13 @@ class IndexedPairs(torch.utils.data.Dataset):
                 self.skipped["image"] += 1
                 continue
             # Augmentation draws from `random` and torch's global RNG: seed both from the position, and leave
-            # the caller's RNG states as they were (with workers=0 this runs in the training process).
+            # the caller's RNG states as they were (with workers=0 this runs in the training process). The CPU
+            # generator is seeded directly: torch.manual_seed also queues seeds for every accelerator backend, which
+            # records a stack trace each time and cost about half of a sample's time here.
             state = random.getstate()
             with torch.random.fork_rng(devices=[]):
                 random.seed(rng.random())
-                torch.manual_seed(rng.getrandbits(63))
+                torch.default_generator.manual_seed(rng.getrandbits(63))
                 pixels = self.transform(image)
             random.setstate(state)
             return pixels, *self.texts(caption, rng, self.nouns(i)), attempt
