@@ -77,6 +77,23 @@ def test_memory_batches_match_the_pil_path(pairs, preset, scale):
     assert 0 < flips < 20
 
 
+def test_a_sample_is_a_function_of_its_position_and_leaves_the_callers_rng_alone(pairs):
+    """The data path seeds torch's CPU generator per sample: the same position gives the same pixels whatever the
+    training process drew before, and the training process's own random stream goes on as if nothing was drawn."""
+    memory = MemoryPairs(str(pairs / "shard-{000000..000000}.tar"), TensorLightAugment(64), CaptionTexts(2), seed=5)
+    torch.manual_seed(0)
+    first = memory[7]
+    after = torch.rand(4)
+    torch.manual_seed(123)
+    torch.rand(1000)  # the caller's stream somewhere else
+    again = memory[7]
+    torch.manual_seed(0)
+    expected_after = torch.rand(4)
+    assert all(torch.equal(a, b) for a, b in zip(first[:3], again[:3], strict=True))
+    assert torch.equal(after, expected_after)
+    assert not torch.equal(memory[8][0], first[0])
+
+
 def test_memory_pairs_name_the_data_when_nothing_is_readable(tmp_path):
     with tarfile.open(tmp_path / "bad-0.tar", "w") as tar:
         add(tar, "a.png", b"nope")
