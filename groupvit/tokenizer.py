@@ -61,5 +61,6 @@ def tokenize(texts: str | Sequence[str], context_length: int = CONTEXT_LENGTH) -
         ids = [SOT_TOKEN, *_encode_cached(text), EOT_TOKEN][:context_length]
         ids[-1] = EOT_TOKEN
         rows.append(ids + [0] * (context_length - len(ids)))
-    # One tensor from the padded rows: a tensor per row cost as much as the BPE itself in the training loader.
+    # One tensor from the padded rows (a tensor per row cost as much as the BPE itself in the training loader);
+    # reshaped so that no texts give [0, context_length].
     return torch.tensor(rows, dtype=torch.long).reshape(len(texts), context_length)
