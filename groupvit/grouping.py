@@ -5,23 +5,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import sample_noise
 from .layers import CrossAttention, Mlp, TokenMixerMlp
 
 
 def assign_tokens_to_groups(
-    logits: torch.Tensor, hard: bool, gumbel: bool, tau: float = 1.0, dim: int = -2
+    logits: torch.Tensor,
+    hard: bool,
+    gumbel: bool,
+    tau: float = 1.0,
+    dim: int = -2,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each token picks a group: softmax over the group axis `dim` of `logits` [B, S, N].
 
-    `gumbel` adds Gumbel(0, 1) noise before the softmax (training only; the caller decides).
+    `gumbel` adds Gumbel(0, 1) noise before the softmax (training only; the caller decides), made from `uniforms`
+    (shaped like `logits`, in (0, 1)) when given, else drawn from torch's generator.
     `hard` returns the one-hot argmax with the softmax's gradient (straight-through estimator).
     """
     if gumbel:
-        # torch.distributions.Gumbel is what the reference uses: stabler than -log(Exp) noise.
-        noise = torch.distributions.Gumbel(
-            torch.zeros((), device=logits.device, dtype=logits.dtype),
-            torch.ones((), device=logits.device, dtype=logits.dtype),
-        ).sample(logits.shape)
+        if uniforms is None:
+            # torch.distributions.Gumbel is what the reference uses: stabler than -log(Exp) noise.
+            noise = torch.distributions.Gumbel(
+                torch.zeros((), device=logits.device, dtype=logits.dtype),
+                torch.ones((), device=logits.device, dtype=logits.dtype),
+            ).sample(logits.shape)
+        else:  # the inverse CDF of Gumbel(0, 1); the uniforms stay inside (0, 1), so both logs are finite
+            noise = -torch.log(-torch.log(uniforms)).to(logits.dtype)
         logits = (logits + noise) / tau
     soft = logits.softmax(dim)
     if not hard:
@@ -43,6 +53,7 @@ class AssignAttention(nn.Module):
         super().__init__()
         self.scale = dim**-0.5
         self.hard, self.gumbel, self.tau, self.assign_eps = hard, gumbel, tau, assign_eps
+        self.noise_key: int | None = None  # set by sample_noise.assign_noise_keys
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
@@ -53,7 +64,11 @@ class AssignAttention(nn.Module):
         logits = self.q_proj(groups) @ self.k_proj(tokens).transpose(1, 2) * self.scale  # [B, S, N]
         soft = logits.softmax(dim=-2)  # noise-free soft map, what segmentation uses
         if self.hard or (self.gumbel and self.training):
-            assign = assign_tokens_to_groups(logits, self.hard, self.gumbel and self.training, self.tau)
+            gumbel = self.gumbel and self.training
+            B, S, N = logits.shape
+            # Each sample's noise from its own seed inside sample_noise.sample_seeds (training); None outside.
+            u = sample_noise.uniform(self.noise_key, B, (S, N), logits.device) if gumbel else None
+            assign = assign_tokens_to_groups(logits, self.hard, gumbel, self.tau, uniforms=u)
         else:
             assign = soft
         assign = assign / (assign.sum(dim=-1, keepdim=True) + self.assign_eps)

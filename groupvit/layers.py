@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import sample_noise
+
 
 class QuickGELU(nn.Module):
     """CLIP's sigmoid approximation of GELU, used by the text encoder."""
@@ -15,17 +17,21 @@ class QuickGELU(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drop the residual branch per sample with probability `p` in training."""
+    """Stochastic depth: drop the residual branch per sample with probability `p` in training (each sample's draw
+    from its seed inside `sample_noise.sample_seeds`, from torch's generator outside)."""
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
         self.p = p
+        self.noise_key: int | None = None  # set by sample_noise.assign_noise_keys
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        u = sample_noise.uniform(self.noise_key, x.shape[0], (), x.device)  # [B] or None
+        mask = x.new_empty(shape).bernoulli_(keep) if u is None else (u < keep).to(x.dtype).view(shape)
         return x * mask.div_(keep)  # scale the [B, 1, ...] mask, not the activations: one full-size op, not two
 
     def extra_repr(self) -> str:
@@ -112,8 +118,10 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        # One module per branch: each has its own noise key, so a sample's two masks are drawn independently.
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), causal=causal))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path1(self.attn(self.norm1(x), causal=causal))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from typing import NamedTuple
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.nn.functional import all_gather
 
+from .sample_noise import derive, sample_seeds
 from .segmentation import chain_assignments
 
 
@@ -55,11 +59,13 @@ def similarity(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
 def shared_noun_mask(prompt_keys: torch.Tensor, owners: torch.Tensor, caption_keys: torch.Tensor) -> torch.Tensor:
     """[N, P] bool: image n is a positive for prompt p when p is its own or names a noun of n's caption.
 
-    prompt_keys [P] (`training.data.noun_key`, < 0 for a caption used as padding), owners [P] (image index of
-    each prompt), caption_keys [N, M] (each image's caption nouns, padded with negative keys).
+    prompt_keys [P] (`training.data.noun_key`, < 0 for a caption used as padding), owners [P] (the row of each
+    prompt's image in caption_keys; a row outside [0, N), another rank's image, owns none of these),
+    caption_keys [N, M] (each image's caption nouns, padded with negative keys).
     """
     mask = (caption_keys[:, :, None] == prompt_keys[None, None, :]).any(dim=1) & (prompt_keys >= 0)
-    mask[owners, torch.arange(prompt_keys.shape[0], device=mask.device)] = True
+    here = (owners >= 0) & (owners < mask.shape[0])
+    mask[owners[here], torch.arange(prompt_keys.shape[0], device=mask.device)[here]] = True
     return mask
 
 
@@ -119,7 +125,7 @@ def multi_label_contrastive_loss(
     else:
         all_keys = gather(keys)  # [W*B, K + M]
         prompt_keys = all_keys[:, :K].reshape(-1)  # [W*B*K]
-        owners = torch.arange(all_keys.shape[0], device=keys.device).repeat_interleave(K)
+        owners = torch.arange(all_keys.shape[0], device=keys.device).repeat_interleave(K) - B * rank  # local rows
         positive = shared_noun_mask(prompt_keys, owners, keys[:, K:])  # [B, W*B*K]
     if bias is not None:
         return sigmoid_loss(logits_image + bias, positive, B * K)
@@ -151,11 +157,10 @@ def mosaic(images: torch.Tensor, grid: int = 2) -> torch.Tensor:
     return small.view(M, grid, grid, C, h, w).permute(0, 3, 1, 4, 2, 5).reshape(M, C, H, W)
 
 
-def mosaic_region_embeddings(model: torch.nn.Module, mosaics: torch.Tensor, grid: int = 2) -> torch.Tensor:
-    """Normalised embeddings [M * grid**2, D] of the tiles of `mosaics` [M, 3, H, W] (from `mosaic`), row i
-    belonging to the mosaic's i-th source image: the mean over a tile's patches of each patch's distribution over
-    the final groups weighs the normalised group embeddings (a plain ViT: the tile's normalised patch embeddings,
-    equally)."""
+def mosaic_features(model: torch.nn.Module, mosaics: torch.Tensor, grid: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image encoder's part of `mosaic_region_embeddings`: the final tokens [M, G, C] of `mosaics` [M, 3, H, W]
+    and each token's weight in each tile [M, G, T] (a tile's mean over its patches of each patch's distribution over
+    the final groups; a plain ViT: its tokens are the patches, each weighing 1 / patches in its own tile)."""
     M, _, H, W = mosaics.shape
     p = model.config.vision.patch_size
     h, w = H // p, W // p
@@ -163,23 +168,140 @@ def mosaic_region_embeddings(model: torch.nn.Module, mosaics: torch.Tensor, grid
         raise ValueError(f"a {grid}x{grid} mosaic needs a patch grid divisible by {grid}; {H}x{W} images with "
                          f"{p}-pixel patches make {h}x{w}")  # fmt: skip
     tokens, assignments = model.visual(mosaics)  # [M, G, C], per stage [M, S_out, N_in]
-    groups = F.normalize(model.visual_projection(tokens), dim=-1)  # [M, G, D]
     rows = torch.arange(h, device=mosaics.device) // (h // grid)
     cols = torch.arange(w, device=mosaics.device) // (w // grid)
     tile = (rows[:, None] * grid + cols[None, :]).reshape(-1)  # [N] each patch's tile, row-major like the patches
-    share = F.one_hot(tile, grid * grid).to(groups.dtype) / (h * w // grid**2)  # [N, T], a tile's mean
+    share = F.one_hot(tile, grid * grid).to(tokens.dtype) / (h * w // grid**2)  # [N, T], a tile's mean
     if assignments:  # patch -> final group distributions, averaged per tile
-        weights = chain_assignments(assignments)[-1].to(groups.dtype).transpose(1, 2) @ share  # [M, G, T]
-    else:  # a plain ViT: its tokens are the patches
-        weights = share.expand(M, -1, -1)  # [M, N, T]
-    regions = torch.einsum("mgt,mgd->mtd", weights, groups)  # [M, T, D]
-    return F.normalize(regions.reshape(M * grid * grid, -1), dim=-1)
+        return tokens, chain_assignments(assignments)[-1].to(tokens.dtype).transpose(1, 2) @ share  # [M, G, T]
+    return tokens, share.expand(M, -1, -1)  # [M, N, T]
+
+
+def region_embeddings(model: torch.nn.Module, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The head's part of `mosaic_region_embeddings`: tokens [M, G, C] and weights [M, G, T] -> normalised
+    embeddings [M * T, D] of the tiles: the tile's weights over the normalised group embeddings."""
+    groups = F.normalize(model.visual_projection(tokens), dim=-1)  # [M, G, D]
+    regions = torch.einsum("mgt,mgd->mtd", weights.to(groups.dtype), groups)  # [M, T, D]
+    return F.normalize(regions.reshape(-1, regions.shape[-1]), dim=-1)
+
+
+def mosaic_region_embeddings(model: torch.nn.Module, mosaics: torch.Tensor, grid: int = 2) -> torch.Tensor:
+    """Normalised embeddings [M * grid**2, D] of the tiles of `mosaics` [M, 3, H, W] (from `mosaic`), row i
+    belonging to the mosaic's i-th source image: the mean over a tile's patches of each patch's distribution over
+    the final groups weighs the normalised group embeddings (a plain ViT: the tile's normalised patch embeddings,
+    equally)."""
+    return region_embeddings(model, *mosaic_features(model, mosaics, grid))
 
 
 MOSAIC_GRID = 2  # the mosaic loss's tiles per side
 NOUN_LOSSES = ("pooled", "max_token")
 LOSSES = ("softmax", "sigmoid")
 NOUN_POSITIVES = ("own", "shared")
+
+
+class EncoderFeatures(NamedTuple):
+    """What the heads and losses need from the encoders for a batch (`encode_features`), before any head."""
+
+    tokens: torch.Tensor  # [B, G, C] the image encoder's final tokens
+    text: torch.Tensor  # [B * (1 + K), C_text] the text encoder's pooled features, image-major
+    patches: torch.Tensor | None  # [B, N, C] patch tokens entering the first grouping block (deep noun loss)
+    mosaic_tokens: torch.Tensor | None  # [M, G, C] final tokens of the batch's 2x2 mosaics (mosaic loss)
+    mosaic_weights: torch.Tensor | None  # [M, G, T] each token's weight in each tile
+    mosaic_rows: torch.Tensor | None  # [M * T] the batch row of each tile's source image
+
+
+def _rows(seeds: torch.Tensor | None):
+    """Per-sample noise from `seeds` (groupvit.sample_noise), or torch's generator as usual when None."""
+    return sample_seeds(seeds) if seeds is not None else nullcontext()
+
+
+def encode_features(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    texts: torch.Tensor,
+    patches: bool = False,
+    mosaics: bool = False,
+    seeds: torch.Tensor | None = None,
+) -> EncoderFeatures:
+    """The encoder half of `groupvit_losses`: images [B, 3, H, W], texts [B, 1 + K, L] -> `EncoderFeatures`, with the
+    patch tokens when `patches` and the mosaics' tokens when `mosaics` (and B >= 4). `seeds` [B]: draw each image's
+    noise from its seed (its texts' and its mosaic's from seeds derived from it; `groupvit.sample_noise`)."""
+    B, T, L = texts.shape
+    with _rows(seeds):
+        tokens, _, *patch_tokens = model.visual(images, return_patch_tokens=patches)  # [B, G, C], _, [B, N, C]
+    text_seeds = None if seeds is None else torch.stack([derive(seeds, 1 + t) for t in range(T)], dim=1).view(-1)
+    with _rows(text_seeds):
+        text = model.text(texts.reshape(B * T, L))  # [B * T, C_text]
+    m_tokens = m_weights = m_rows = None
+    if mosaics and B >= MOSAIC_GRID**2:
+        tiles = MOSAIC_GRID**2
+        tiled = mosaic(images, MOSAIC_GRID)  # [M, 3, H, W] from images 0 .. M * tiles - 1
+        with _rows(None if seeds is None else derive(seeds[: tiled.shape[0] * tiles : tiles], -1)):
+            m_tokens, m_weights = mosaic_features(model, tiled, MOSAIC_GRID)
+        m_rows = torch.arange(tiled.shape[0] * tiles, device=images.device)
+    return EncoderFeatures(tokens, text, patch_tokens[0] if patches else None, m_tokens, m_weights, m_rows)
+
+
+def concat_features(parts: list[EncoderFeatures]) -> EncoderFeatures:
+    """The features of several batches as those of one batch, the batches' rows in order."""
+    starts = [0]
+    for part in parts[:-1]:
+        starts.append(starts[-1] + part.tokens.shape[0])
+    joined = [None if ts[0] is None else torch.cat(ts) for ts in zip(*parts, strict=True)]
+    if parts[0].mosaic_rows is not None:  # row numbers move with their batch
+        joined[-1] = torch.cat([part.mosaic_rows + start for part, start in zip(parts, starts, strict=True)])
+    return EncoderFeatures(*joined)
+
+
+def losses_from_features(
+    model: torch.nn.Module,
+    features: EncoderFeatures,
+    noun_loss: str = "pooled",
+    keys: torch.Tensor | None = None,
+    loss: str = "softmax",
+    deep_noun_weight: float = 0.0,
+    mosaic_weight: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The head half of `groupvit_losses`: projection heads and losses on a batch's `EncoderFeatures`."""
+    if noun_loss not in NOUN_LOSSES:
+        raise ValueError(f"noun_loss must be one of {NOUN_LOSSES}, got {noun_loss!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "sigmoid" and model.logit_bias is None:
+        raise ValueError("loss: sigmoid needs learnable biases; set logit_bias: true in the model config")
+    if deep_noun_weight and model.patch_projection is None:
+        raise ValueError("a deep noun loss needs the patch head; set patch_head: true in the model config")
+    if deep_noun_weight and features.patches is None:
+        raise ValueError("a deep noun loss needs the patch tokens; encode the batch with patches=True")
+    tokens = features.tokens
+    B = tokens.shape[0]
+    T = features.text.shape[0] // B
+    image = F.normalize(model.visual_projection(tokens.mean(dim=1)), dim=-1)  # [B, D]
+    text = F.normalize(model.text_projection(features.text), dim=-1).view(B, T, -1)  # [B, 1+K, D]
+    scale, bias = model.logit_scale_value(), model.logit_bias if loss == "sigmoid" else None
+    itc = caption_loss(image, text[:, 0], scale, bias)
+    use_mosaic = mosaic_weight > 0 and features.mosaic_tokens is not None
+    if use_mosaic:
+        regions = region_embeddings(model, features.mosaic_tokens, features.mosaic_weights)  # [R, D]
+        rows = features.mosaic_rows  # [R] each tile's source image
+        itc = itc + mosaic_weight * caption_loss(regions, text[rows, 0], scale, bias)
+    if T == 1:
+        return itc, None
+    if model.multi_label_logit_scale is None:
+        raise ValueError("texts carry noun prompts but the model has no multi-label temperature; set "
+                         "multi_label_logit_scale: true in the model config")  # fmt: skip
+    ml_scale = model.multi_label_logit_scale.exp().clamp(max=100.0)
+    ml_bias = model.multi_label_logit_bias if loss == "sigmoid" else None
+    if noun_loss == "max_token":
+        image = F.normalize(model.visual_projection(tokens), dim=-1)  # [B, G, D]
+    ml = multi_label_contrastive_loss(image, text[:, 1:], ml_scale, keys, ml_bias)
+    if deep_noun_weight:
+        patch_embeds = F.normalize(model.patch_projection(features.patches), dim=-1)  # [B, N, D]
+        ml = ml + deep_noun_weight * multi_label_contrastive_loss(patch_embeds, text[:, 1:], ml_scale, keys, ml_bias)
+    if use_mosaic:
+        tile_keys = keys[rows] if keys is not None else None
+        ml = ml + mosaic_weight * multi_label_contrastive_loss(regions, text[rows, 1:], ml_scale, tile_keys, ml_bias)
+    return itc, ml
 
 
 def groupvit_losses(
@@ -191,6 +313,7 @@ def groupvit_losses(
     loss: str = "softmax",
     deep_noun_weight: float = 0.0,
     mosaic_weight: float = 0.0,
+    seeds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """images [B, 3, H, W]; texts [B, 1 + K, L] token ids: caption first, then K noun prompts.
 
@@ -204,41 +327,9 @@ def groupvit_losses(
     `mosaic_weight` > 0 adds that much of both losses on the tiles of 2x2 mosaics of the batch, each tile's
     assignment-weighted group embeddings against its source image's caption and noun prompts (MixReorg-style,
     simplified: quadrant mosaics, not MixReorg's patch mixing; needs B >= 4, the last B % 4 images sit it out).
+    `seeds` [B]: each sample's noise from its seed (`encode_features`). The loss is `losses_from_features` of
+    `encode_features`, the two halves that gradient-cached accumulation (`training.loop.train_step`) runs apart.
     Returns (image-text loss, multi-label loss or None when K = 0).
     """
-    if noun_loss not in NOUN_LOSSES:
-        raise ValueError(f"noun_loss must be one of {NOUN_LOSSES}, got {noun_loss!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if loss == "sigmoid" and model.logit_bias is None:
-        raise ValueError("loss: sigmoid needs learnable biases; set logit_bias: true in the model config")
-    if deep_noun_weight and model.patch_projection is None:
-        raise ValueError("a deep noun loss needs the patch head; set patch_head: true in the model config")
-    B, T, L = texts.shape
-    tokens, _, patches = model.visual(images, return_patch_tokens=True)  # [B, G, C], _, [B, N, C]
-    image = F.normalize(model.visual_projection(tokens.mean(dim=1)), dim=-1)  # [B, D]
-    text = F.normalize(model.encode_text(texts.reshape(B * T, L)), dim=-1).view(B, T, -1)  # [B, 1+K, D]
-    scale, bias = model.logit_scale_value(), model.logit_bias if loss == "sigmoid" else None
-    itc = caption_loss(image, text[:, 0], scale, bias)
-    use_mosaic = mosaic_weight > 0 and B >= MOSAIC_GRID**2
-    if use_mosaic:
-        regions = mosaic_region_embeddings(model, mosaic(images, MOSAIC_GRID), MOSAIC_GRID)  # [R, D]
-        R = regions.shape[0]  # rows are the first R source images, in order
-        itc = itc + mosaic_weight * caption_loss(regions, text[:R, 0], scale, bias)
-    if T == 1:
-        return itc, None
-    if model.multi_label_logit_scale is None:
-        raise ValueError("texts carry noun prompts but the model has no multi-label temperature; set "
-                         "multi_label_logit_scale: true in the model config")  # fmt: skip
-    ml_scale = model.multi_label_logit_scale.exp().clamp(max=100.0)
-    ml_bias = model.multi_label_logit_bias if loss == "sigmoid" else None
-    if noun_loss == "max_token":
-        image = F.normalize(model.visual_projection(tokens), dim=-1)  # [B, G, D]
-    ml = multi_label_contrastive_loss(image, text[:, 1:], ml_scale, keys, ml_bias)
-    if deep_noun_weight:
-        patch_embeds = F.normalize(model.patch_projection(patches), dim=-1)  # [B, N, D]
-        ml = ml + deep_noun_weight * multi_label_contrastive_loss(patch_embeds, text[:, 1:], ml_scale, keys, ml_bias)
-    if use_mosaic:
-        tile_keys = keys[:R] if keys is not None else None
-        ml = ml + mosaic_weight * multi_label_contrastive_loss(regions, text[:R, 1:], ml_scale, tile_keys, ml_bias)
-    return itc, ml
+    features = encode_features(model, images, texts, bool(deep_noun_weight), mosaic_weight > 0, seeds)
+    return losses_from_features(model, features, noun_loss, keys, loss, deep_noun_weight, mosaic_weight)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .config import GroupViTConfig
+from .sample_noise import assign_noise_keys
 from .settings import TestSettings
 from .text import TextEncoder
 from .vision import VisionEncoder
@@ -78,6 +79,7 @@ class GroupViT(nn.Module):
             if config.patch_head
             else None
         )
+        assign_noise_keys(self)  # per-sample training noise (groupvit.sample_noise) needs a key per module
 
     @property
     def embed_dim(self) -> int:

@@ -8,6 +8,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import TextConfig
 from .layers import Block, QuickGELU
+from .sample_noise import checkpoint_contexts
 
 
 class TextEncoder(nn.Module):
@@ -52,7 +53,7 @@ class TextEncoder(nn.Module):
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # [N, L, C]
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, True, use_reentrant=False)
+                x = checkpoint(block, x, True, use_reentrant=False, context_fn=checkpoint_contexts)
             else:
                 x = block(x, causal=True)
         x = self.ln_final(x)

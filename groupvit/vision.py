@@ -10,6 +10,7 @@ from torch.utils.checkpoint import checkpoint
 from .config import VisionConfig
 from .grouping import GroupingBlock
 from .layers import Block, TokenMixerMlp
+from .sample_noise import checkpoint_contexts
 
 
 class PatchEmbed(nn.Module):
@@ -86,7 +87,10 @@ class GroupingStage(nn.Module):
 
     def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
+            if self.grad_checkpointing and self.training:  # the recomputation redraws the forward's noise
+                x = checkpoint(block, x, use_reentrant=False, context_fn=checkpoint_contexts)
+            else:
+                x = block(x)
         return x
 
     def forward(

@@ -20,7 +20,7 @@ from groupvit.losses import (
 from groupvit.model import GroupViT
 from groupvit.tokenizer import tokenize
 from groupvit.training.config import TrainConfig
-from groupvit.training.loop import LossModule
+from groupvit.training.loop import train_step
 from tests.test_recipe_variants import tiny_model
 
 
@@ -139,15 +139,14 @@ def test_training_config_and_demo_carry_the_mosaic_loss():
     with pytest.raises(ValueError, match="even patch grid"):
         TrainConfig(model="synthvoc", image_size=72, mosaic_loss=1.0).model_config()  # 9x9 patches of 8
     assert TrainConfig.from_dict({}, ["mosaic_loss=0.25"]).mosaic_loss == 0.25
-    # The loop's loss module passes the weight through.
+    # The loop's step passes the weight through.
     cfg = TrainConfig(model="synthvoc", mosaic_loss=0.5)
     model = tiny_model()
     images, texts = batch(4)
-    torch.manual_seed(5)
-    wrapped = LossModule(model, cfg)(images, texts, KEYS[:4])
-    torch.manual_seed(5)
-    direct = groupvit_losses(model, images, texts, mosaic_weight=0.5)
-    assert [t.item() for t in wrapped] == [t.item() for t in direct]
+    seeds = torch.arange(4)
+    stepped = train_step(model, [(images, texts, KEYS[:4], seeds)], cfg)
+    direct = groupvit_losses(model, images, texts, mosaic_weight=0.5, seeds=seeds)
+    assert [t.item() for t in stepped] == [t.item() for t in direct]
     assert DemoOptions(mosaic_loss=0.5).departures()["mosaic_loss"] == 0.5
     assert DemoOptions().mosaic_loss == DemoOptions(recipe="paper").mosaic_loss == 0.0
     assert "mosaic_loss" not in DemoOptions(recipe="paper").departures()

@@ -256,8 +256,14 @@ def step_batches(
     as for a time budget)."""
     for step in range(start_step, steps) if steps is not None else itertools.count(start_step):
         for micro in range(accum):
-            first = ((step * accum + micro) * world + rank) * batch_size
-            yield list(range(first, first + batch_size))
+            yield list(batch_positions(step, micro, batch_size, accum, rank, world))
+
+
+def batch_positions(step: int, micro: int, batch_size: int, accum: int, rank: int, world: int) -> range:
+    """Global sample positions of micro-batch `micro` of this rank at `step`: a step's global batch is the positions
+    [step * G, (step + 1) * G), G = batch_size x world x accum, however it is split."""
+    first = ((step * accum + micro) * world + rank) * batch_size
+    return range(first, first + batch_size)
 
 
 def collate(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:

@@ -6,13 +6,15 @@ Run one process per device with torchrun; gloo on CPU, nccl on GPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import random
 import shutil
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -22,29 +24,15 @@ from tqdm import tqdm
 
 from ..checkpoint import atomic_write, save_model
 from ..checks import check_training_data
-from ..losses import groupvit_losses
+from ..losses import EncoderFeatures, concat_features, encode_features, losses_from_features
 from ..model import GroupViT
+from ..sample_noise import row_seeds
 from .config import TrainConfig
-from .data import CaptionTable, CaptionTexts, MemoryPairs, collate, shard_loader, step_batches
+from .data import CaptionTable, CaptionTexts, MemoryPairs, batch_positions, collate, shard_loader, step_batches
 from .sync_batchnorm import synchronise_batchnorm
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the one before, kept to fall back on if the newest is damaged
-
-
-class LossModule(nn.Module):
-    """Wraps the model so DistributedDataParallel sees the whole loss computation as one forward."""
-
-    def __init__(self, model: GroupViT, cfg: TrainConfig) -> None:
-        super().__init__()
-        self.model, self.cfg = model, cfg
-
-    def forward(
-        self, images: torch.Tensor, texts: torch.Tensor, keys: torch.Tensor, deep_noun_weight: float = 0.0
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        shared = self.cfg.noun_positives == "shared"
-        return groupvit_losses(self.model, images, texts, self.cfg.noun_loss, keys if shared else None,
-                               self.cfg.loss, deep_noun_weight, self.cfg.mosaic_loss)  # fmt: skip
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -232,6 +220,93 @@ def evaluate(model: GroupViT, cfg: TrainConfig) -> dict:
     return result
 
 
+MicroBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images, texts, noun keys, row seeds
+
+
+def train_step(
+    model: GroupViT,
+    micro_batches: list[MicroBatch],
+    cfg: TrainConfig,
+    deep_noun_weight: float = 0.0,
+    autocast: AbstractContextManager | None = None,
+    check_loss: Callable[[torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Leave in the parameters' .grad the gradients of the losses of the whole batch of a step: this rank's
+    micro-batches (each as `MicroBatch`, noise drawn per row from its seed) and every other rank's, averaged over
+    ranks as one process with the whole batch would have them. Returns this rank's (image-text, multi-label) loss.
+
+    With several micro-batches this is gradient caching (Gao et al., 2021, GradCache), so that the losses' negatives
+    and the heads' BatchNorm see the whole batch while the encoders hold the activations of one micro-batch at a
+    time: pass 1 runs the encoders over each micro-batch without autograd and keeps their features (before the
+    heads); the heads and losses run once on all of them with autograd, which gives the heads' gradients and the
+    features'; pass 2 runs each micro-batch's encoders again with autograd and back-propagates its features'
+    gradients. The cost is the second forward pass of the encoders. One micro-batch: one pass, no cache.
+    `check_loss` sees the loss before any backward (the non-finite stop).
+    """
+    autocast = autocast or nullcontext()
+    patches, mosaics = bool(deep_noun_weight), cfg.mosaic_loss > 0
+
+    def encode(batch: MicroBatch) -> EncoderFeatures:
+        images, texts, _, seeds = batch
+        with autocast:
+            return encode_features(model, images, texts, patches, mosaics, seeds)
+
+    if len(micro_batches) == 1:
+        features = encode(micro_batches[0])
+    else:
+        with torch.no_grad():
+            parts = [encode(batch) for batch in micro_batches]
+        cached = concat_features(parts)
+        features = EncoderFeatures(*(t.requires_grad_() if t is not None and t.is_floating_point() else t
+                                     for t in cached))  # fmt: skip
+    keys = torch.cat([batch[2] for batch in micro_batches]) if cfg.noun_positives == "shared" else None
+    with autocast:
+        itc, ml = losses_from_features(model, features, cfg.noun_loss, keys, cfg.loss, deep_noun_weight,
+                                       cfg.mosaic_loss)  # fmt: skip
+    loss = itc + (ml if ml is not None else 0.0)
+    if check_loss is not None:
+        check_loss(loss.detach())
+    loss.backward()
+    if len(micro_batches) > 1:
+        # Each cached feature's gradient, cut back into its micro-batches' rows.
+        grads = [None if t is None or t.grad is None else t.grad.split([part[i].shape[0] for part in parts])
+                 for i, t in enumerate(features)]  # fmt: skip
+        for j, batch in enumerate(micro_batches):
+            again = encode(batch)
+            pairs = [
+                (f, g[j].to(f.dtype)) for f, g in zip(again, grads, strict=True) if g is not None and f.requires_grad
+            ]
+            torch.autograd.backward([f for f, _ in pairs], [g for _, g in pairs])
+    average_gradients(model)
+    return itc.detach(), None if ml is None else ml.detach()
+
+
+def stop_if_not_finite(loss: torch.Tensor, step: int, checkpoint: Path) -> None:
+    """Raise FloatingPointError on every rank together when any rank's loss is not finite."""
+    finite = torch.isfinite(loss).float()
+    if dist.is_initialized() and dist.get_world_size() > 1:  # every rank stops instead of waiting on one that stopped
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not finite.item():
+        raise FloatingPointError(
+            f"non-finite loss at step {step} (this rank: {loss.item()}); stopped. The last good checkpoint "
+            f"({checkpoint}) is kept; resume from it with --resume, perhaps with a lower lr"
+        )
+
+
+def average_gradients(model: nn.Module) -> None:
+    """Every rank's gradients replaced by their mean over ranks, in one all-reduce (what DistributedDataParallel did:
+    the heads' backward runs outside any DDP forward here). Ranks run the same code, so the same parameters have
+    gradients on each."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for g, mean in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        g.copy_(mean.view_as(g))
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     """Train GroupViT as `cfg` says, writing checkpoints, TensorBoard logs and the final weights to `out`."""
     if not cfg.data:
@@ -249,6 +324,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     if world > 1:  # before the optimiser is built: the conversion makes new BatchNorm parameters
         model = synchronise_batchnorm(model, device)
+        for tensor in model.state_dict().values():  # every rank starts from rank 0's weights
+            dist.broadcast(tensor, 0)
     # The fused kernel (CUDA; CPU from torch 2.4) does one pass per parameter instead of about six: 3x faster on CPU.
     fused = device.type == "cuda" or tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
     optimizer = torch.optim.AdamW(
@@ -266,10 +343,6 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     elif rank == 0:  # a new run: checkpoints of an earlier one in `out` must not become its fallback
         for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
             (out / name).unlink(missing_ok=True)
-    wrapped: nn.Module = LossModule(model, cfg)
-    if world > 1:
-        device_ids = [device.index] if device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids, broadcast_buffers=False)
     global_batch = cfg.batch_size * world * cfg.accum_steps
     lr_scale = global_batch / cfg.reference_batch
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
@@ -299,28 +372,23 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         deep_weight = cfg.deep_noun_loss * ((1 - progress) if cfg.deep_noun_decay else 1.0)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        micro_batches = []
         for micro in range(cfg.accum_steps):
             images, texts, keys, skipped = next(batches)
             if isinstance(skipped, dict):  # webdataset workers report their running counts
                 skipped_by_worker[skipped.pop("worker")] = sum(skipped.values())
             else:
                 skipped_by_worker[0] = skipped_by_worker.get(0, 0) + skipped
-            sync = nullcontext() if world == 1 or micro == cfg.accum_steps - 1 else wrapped.no_sync()
-            with sync:
-                with autocast:
-                    itc, ml = wrapped(images.to(device, non_blocking=True), texts.to(device, non_blocking=True),
-                                      keys.to(device, non_blocking=True), deep_weight)  # fmt: skip
-                loss = itc + (ml if ml is not None else 0.0)
-                finite = torch.isfinite(loss.detach()).float()
-                if world > 1:  # every rank stops together instead of waiting on one that stopped
-                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-                if not finite.item():
-                    raise FloatingPointError(
-                        f"non-finite loss at step {step} (this rank: {loss.item()}); stopped. The last good checkpoint "
-                        f"({out / CHECKPOINT}) is kept; resume from it with --resume, perhaps with a lower lr"
-                    )
-                (loss / cfg.accum_steps).backward()
+            # Noise per sample from its position in the step's global batch: the same however the batch is split.
+            positions = torch.tensor(batch_positions(step, micro, cfg.batch_size, cfg.accum_steps, rank, world))
+            seeds = row_seeds(cfg.seed, step, positions[: images.shape[0]]).to(device)
+            images, texts, keys = (t.to(device, non_blocking=True) for t in (images, texts, keys))
+            micro_batches.append((images, texts, keys, seeds))
             seen += images.shape[0] * world
+
+        stop = functools.partial(stop_if_not_finite, step=step, checkpoint=out / CHECKPOINT)
+        itc, ml = train_step(model, micro_batches, cfg, deep_weight, autocast, stop)
+        loss = itc + (ml if ml is not None else 0.0)
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
