@@ -189,3 +189,12 @@ def test_resume_with_accumulation_equals_the_uninterrupted_run(dataset, noisy_ya
     full, resumed = weights(tmp_path / "full"), weights(tmp_path / "resumed")
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+
+
+def test_time_budget_with_accumulation_stops_after_it_and_saves(dataset, noisy_yaml, tmp_path):  # noqa: F811
+    cfg = TrainConfig.from_dict({}, overrides(dataset, noisy_yaml, "batch_size=2", "accum_steps=4", "steps=1000",
+                                              "minutes=0.004", "save_every=1000"))  # fmt: skip
+    summary = train(cfg, tmp_path)
+    assert 1 <= summary["steps"] < 1000 and summary["minutes"] >= 0.004
+    assert summary["images_seen"] == 8 * summary["steps"]  # 4 micro-batches of 2 per step
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == summary["steps"]  # saved at the end

@@ -1,4 +1,5 @@
-"""Training end to end on tiny generated data: broken samples, exact resume after SIGKILL, 2-process DDP."""
+"""Training end to end on tiny generated data: broken samples, exact resume after SIGKILL, 2 processes on gloo
+(accumulation: tests/test_accumulation.py)."""
 
 from __future__ import annotations
 
@@ -171,9 +172,11 @@ def test_webdataset_shard_with_broken_samples(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(dataset, tmp_path):
+@pytest.mark.parametrize("accum_steps", ["1", "2"])
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(dataset, tmp_path, accum_steps):
     run = subprocess.run(train_cmd(dataset, tmp_path, "--steps", "8", "--batch-size", "8", "--save-every", "1",
-                                   "lr=1e30", "warmup_steps=0"), capture_output=True, text=True)  # fmt: skip
+                                   "lr=1e30", "warmup_steps=0", f"accum_steps={accum_steps}"), capture_output=True,
+                         text=True)  # fmt: skip
     assert run.returncode == 1 and "Traceback" not in run.stderr  # a failed run, not a usage error
     assert "at step" in run.stderr and "last good checkpoint" in run.stderr
     step = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"]
@@ -187,8 +190,8 @@ def test_evaluation_hook_logs_miou(dataset, tmp_path):
     from tests.conftest import write_tiny_voc
 
     voc = write_tiny_voc(tmp_path / "voc", count=1)
-    run = subprocess.run(train_cmd(dataset, tmp_path / "run", "--steps", "2", "--batch-size", "8", "eval_every=2",
-                                   f"eval_root={voc}"), capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(train_cmd(dataset, tmp_path / "run", "--steps", "2", "--batch-size", "4", "accum_steps=2",
+                                   "eval_every=2", f"eval_root={voc}"), capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
     pattern = r"step 2 \(\d+\.\d min\): voc mIoU \d+\.\d\d, groups in use \d+\.\d\d, recognition \d+\.\d %"
     assert re.search(pattern, run.stdout), run.stdout

@@ -47,6 +47,8 @@ class TrainConfig:
     minutes: float = 0.0
     reference_batch: int = 4096
     batch_size: int = 256  # per process
+    # micro-batches per step: the losses, BatchNorm and gradients are those of the whole batch (gradient caching,
+    # training.loop.train_step) in the memory of one micro-batch; above 1 it costs a second forward pass
     accum_steps: int = 1
     lr: float = 1.6e-3
     warmup_lr: float = 4e-6

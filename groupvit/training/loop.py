@@ -1,6 +1,7 @@
 """The training loop (spec section 4), top to bottom: setup, data, optimiser, steps, checkpoints.
 
-Run one process per device with torchrun; gloo on CPU, nccl on GPU.
+Run one process per device with torchrun; gloo on CPU, nccl on GPU. Each step's gradients are those of the whole
+global batch (batch_size x processes x accum_steps, `train_step`), averaged over ranks by one all-reduce.
 """
 
 from __future__ import annotations
@@ -256,7 +257,8 @@ def train_step(
     else:
         with torch.no_grad():
             parts = [encode(batch) for batch in micro_batches]
-        cached = concat_features(parts)
+        rows = [[0 if t is None else t.shape[0] for t in part] for part in parts]  # each feature's rows per batch
+        cached, parts = concat_features(parts), None  # the cache holds one copy
         features = EncoderFeatures(*(t.requires_grad_() if t is not None and t.is_floating_point() else t
                                      for t in cached))  # fmt: skip
     keys = torch.cat([batch[2] for batch in micro_batches]) if cfg.noun_positives == "shared" else None
@@ -269,7 +271,7 @@ def train_step(
     loss.backward()
     if len(micro_batches) > 1:
         # Each cached feature's gradient, cut back into its micro-batches' rows.
-        grads = [None if t is None or t.grad is None else t.grad.split([part[i].shape[0] for part in parts])
+        grads = [None if t is None or t.grad is None else t.grad.split([r[i] for r in rows])
                  for i, t in enumerate(features)]  # fmt: skip
         for j, batch in enumerate(micro_batches):
             again = encode(batch)
