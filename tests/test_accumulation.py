@@ -58,6 +58,27 @@ def test_drop_path_outside_the_context_draws_from_torch_as_before():
         drop(x)  # a module without a key must not silently share a stream
 
 
+def test_training_noise_inside_the_context_follows_the_seeds():
+    """Inside sample_seeds the encoder's Gumbel noise and drop path are on, the same for the same seeds, other for
+    other seeds, and a row's output does not depend on the rows beside it."""
+    model = noisy_model()
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    seeds = row_seeds(0, 1, torch.arange(4))
+    with sample_seeds(seeds):
+        a = model.visual(images)[0]
+        b = model.visual(images)[0]
+    with sample_seeds(row_seeds(0, 2, torch.arange(4))):
+        other = model.visual(images)[0]
+    with sample_seeds(seeds[2:]):
+        half = model.visual(images[2:])[0]
+    assert torch.equal(a, b) and not torch.allclose(a, other)
+    torch.testing.assert_close(half, a[2:], rtol=1e-5, atol=1e-6)
+    drop = model.visual.stages[2].blocks[0].drop_path2  # the last block's rate, 0.3 (rates rise from 0)
+    with sample_seeds(row_seeds(0, 0, torch.arange(4000))):
+        kept = (drop(torch.ones(4000, 1)) > 0).float().mean().item()
+    assert kept == pytest.approx(1 - drop.p, abs=0.03)
+
+
 def test_gradient_checkpointing_recomputes_the_same_drop_path_masks():
     block = Block(16, 2, drop_path=0.5).train()
     assign_noise_keys(block)
