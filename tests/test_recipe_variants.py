@@ -1,5 +1,6 @@
-"""The small-batch recipe's variants (docs/synthvoc.md, eighth round) against hand-written float64 formulas:
-same-noun positives, SigLIP's sigmoid losses, the deep noun loss, max-pooled text, and what export does with them."""
+"""The small-batch recipe's variants (docs/research/synthvoc-rounds.md, eighth round) against hand-written float64
+formulas: same-noun positives, SigLIP's sigmoid losses, the deep noun loss, max-pooled text, and what export does with
+them."""
 
 from __future__ import annotations
 
