@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .checks import input_file, output_target
 from .config import GroupViTConfig, TextConfig, VisionConfig, list_presets, model_config
 from .model import GroupViT
 from .settings import TestSettings
@@ -493,20 +494,24 @@ def read_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], GroupViTConfig, str]:
     """Any supported checkpoint -> (state dict in our layout, checked against the config's model; config; layout)."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         config_file = path / "config.json"
-        if not config_file.is_file():
+        if not os.path.lexists(config_file):
             raise CheckpointError(f"{path} is a directory without config.json; expected a transformers GroupViT folder")
         hf_config = _read_json(config_file)
         if hf_config.get("model_type") != "groupvit":
             raise CheckpointError(f"{config_file} has model_type {hf_config.get('model_type')!r}, not 'groupvit'")
-        weights = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+        weights = [path / n for n in ("model.safetensors", "pytorch_model.bin") if os.path.lexists(path / n)]
         if not weights:
             raise CheckpointError(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin")
         config = config or _hf_config(hf_config, config_file)  # checked before the weights are read
         path = weights[0]
+    try:
+        input_file(path, "checkpoint")  # a FIFO would block the reader, a device never end
+    except (OSError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
     stored = None  # our config, when the file carries it
     if path.suffix == ".safetensors":
         source, metadata = _read_safetensors(path)
@@ -582,7 +587,9 @@ def read_test_settings(path: str | Path) -> TestSettings | None:
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder and rename it into place."""
+    """Write through a temporary file in the same folder and rename it into place; never over something that is not a
+    regular file (a device, FIFO, socket or folder)."""
+    output_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
@@ -90,6 +92,51 @@ def port(text: str) -> int:
     return value
 
 
+# --------------------------------------------------------------------------- files, checked with stat first
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode is, in words: 'a FIFO (named pipe)', 'a character device', ..."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def file_size(size: int) -> str:
+    """A byte count in words: '812 bytes', '3.4 MB', '22 GB'."""
+    return f"{size:,} bytes" if size < 10**6 else f"{size / 1e6:.3g} MB" if size < 10**9 else f"{size / 1e9:.3g} GB"
+
+
+def input_file(path: str | Path, what: str = "file", max_bytes: int | None = None) -> Path:
+    """Check, with stat before anything opens it, a file a command reads: it exists, it is a regular file (a FIFO
+    blocks its reader and a device such as /dev/zero never ends) and it holds at most `max_bytes`."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {path} ({e.strerror or e})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{what} {path} is {file_kind(info.st_mode)}, not a file")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise ValueError(f"{what} {path} is {file_size(info.st_size)}, over the limit of {file_size(max_bytes)}")
+    return path
+
+
+def output_target(path: str | Path, option: str = "") -> None:
+    """Refuse to write over an existing path that is not a regular file (a device, FIFO, socket or folder), with or
+    without --overwrite: the rename that replaces a file would, as root, swap out a /dev node."""
+    try:
+        mode = os.stat(path).st_mode  # a link to a device is refused too
+    except OSError:  # nothing there (or a dangling link, which the rename replaces)
+        return
+    if not stat.S_ISREG(mode):
+        name = f"{option} {path}" if option else str(path)
+        raise ValueError(f"{name} is {file_kind(mode)}, not a regular file; refusing to replace it, choose another "
+                         "name")  # fmt: skip
+
+
 # --------------------------------------------------------------------------- output paths
 
 
@@ -116,6 +163,7 @@ def output_file(path: str | Path, option: str = "--out", overwrite: bool = False
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{option} {path} is a folder; give a file name, e.g. {path / 'results.json'}")
+    output_target(path, option)
     if path.exists() and not overwrite:
         raise ValueError(f"{option} {path} exists; pass --overwrite to replace it, or choose another name")
     _writable(path.parent, option, path)
@@ -135,6 +183,8 @@ def output_dir(
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} is a file, not a folder; choose a folder name")
     _writable(path, option, path)
+    for name in names if path.is_dir() else ():
+        output_target(path / name, option)
     taken = [n for n in names if (path / n).exists()] if not overwrite and path.is_dir() else []
     if taken:
         more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
@@ -155,14 +205,14 @@ def checkpoint_target(path: str | Path, layout: str, overwrite: bool = False) ->
     return output_file(path, "DST", overwrite)
 
 
-def input_files(paths: Iterable[str | Path], what: str = "image") -> list[Path]:
-    """Check that every input file exists (all are named in one message)."""
+def input_files(paths: Iterable[str | Path], what: str = "image", max_bytes: int | None = None) -> list[Path]:
+    """Check that every input file exists (all missing ones are named in one message) and is a regular file."""
     paths = [Path(p) for p in paths]
-    missing = [str(p) for p in paths if not p.is_file()]
+    missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise FileNotFoundError(f"{what} not found: {', '.join(missing[:3])}{more}")
-    return paths
+    return [input_file(p, what, max_bytes) for p in paths]
 
 
 # --------------------------------------------------------------------------- training data
@@ -175,7 +225,14 @@ def check_training_data(data: str, samples: int = 256) -> None:
     import itertools
     import random
 
-    from .training.data import decode_caption, decode_image, decode_samples, expand_shards, read_pairs_table
+    from .training.data import (
+        decode_caption,
+        decode_image,
+        decode_samples,
+        expand_shards,
+        read_image_file,
+        read_pairs_table,
+    )
 
     problems: Counter[str] = Counter()
     example: dict[str, str] = {}
@@ -189,11 +246,15 @@ def check_training_data(data: str, samples: int = 256) -> None:
                 example.setdefault("caption", f"{e} for {image_path.name}")
                 continue
             try:
-                decode_image(image_path.read_bytes())
+                decode_image(read_image_file(image_path))
                 return
-            except Exception as e:  # missing, unreadable, truncated or not an image at all
+            except FileNotFoundError:
                 problems["image"] += 1
-                example.setdefault("image", f"{image_path} {'is missing' if isinstance(e, OSError) else 'is broken'}")
+                example.setdefault("image", f"{image_path} is missing")
+            except (OSError, ValueError) as e:  # a device or FIFO, too large, unreadable, not an image, truncated
+                problems["image"] += 1
+                text = describe(e)
+                example.setdefault("image", text if str(image_path) in text else f"{image_path} {text}")
         where = f"{len(rows)} rows"
     else:
         import webdataset as wds

@@ -218,9 +218,9 @@ def _train(args: argparse.Namespace) -> int:
     from .training.config import TrainConfig
     from .training.loop import CHECKPOINT, PREVIOUS_CHECKPOINT, train
 
-    names = () if args.resume else (CHECKPOINT, PREVIOUS_CHECKPOINT, "model.safetensors")
+    names = (CHECKPOINT, PREVIOUS_CHECKPOINT, "model.safetensors", "train_config.json")
     again = "pass --resume to continue that run, --overwrite to start again, or choose another folder"
-    output_dir(args.out, names=names, overwrite=args.overwrite, hint=again)
+    output_dir(args.out, names=names, overwrite=args.overwrite or args.resume, hint=again)
     overrides = list(args.overrides)
     for key in ("data", "steps", "batch_size", "save_every"):
         value = getattr(args, key)
@@ -237,8 +237,9 @@ def _prepare_nouns(args: argparse.Namespace) -> int:
     from .data.nouns import prepare_nouns
     from .training.data import expand_shards
 
-    output_dir(args.out)
-    stats = prepare_nouns(expand_shards(args.shards), args.out, tagger=args.tagger, num_workers=args.workers,
+    shards = expand_shards(args.shards)
+    output_dir(args.out, names=[Path(s).name for s in shards] + ["nouns.json"], overwrite=True)  # special files only
+    stats = prepare_nouns(shards, args.out, tagger=args.tagger, num_workers=args.workers,
                           skip_existing=args.skip_existing)  # fmt: skip
     print(json.dumps(stats.as_dict(), indent=2))
     return 0

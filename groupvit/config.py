@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,7 +17,10 @@ from typing import Any
 
 import yaml
 
+from .checks import input_file
+
 GROUPING_INITS = ("reference", "fan_in")  # VisionConfig.grouping_init
+MAX_CONFIG_BYTES = 1 << 20  # a YAML or JSON settings file (configs, thresholds, word lists)
 
 
 @dataclass
@@ -185,8 +189,9 @@ def parse_yaml(text: str, source: str) -> Any:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file of key: value settings (empty: {}); every problem names the file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found (or not a file)")
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"config file {path} not found")
+    input_file(path, "config file", MAX_CONFIG_BYTES)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import GroupViTConfig, dataclass_from_dict, parse_yaml
+from .checks import input_file
+from .config import MAX_CONFIG_BYTES, GroupViTConfig, dataclass_from_dict, parse_yaml
 from .data.synthvoc import SceneOptions
 from .evaluation.datasets import IGNORE_INDEX
 from .naming import SCLIP_WORDS, Naming
@@ -144,8 +145,8 @@ def packaged_demo_configs() -> list[str]:
 
 def read_demo_config(config: str | Path) -> str:
     """The text of a demo config: a YAML file, or the name of a packaged one (`synthvoc_gpu`)."""
-    if Path(config).is_file():
-        return Path(config).read_text()
+    if os.path.lexists(config):
+        return input_file(config, "--config", MAX_CONFIG_BYTES).read_text()
     if str(config) in packaged_demo_configs():
         return (_demo_configs_dir() / f"{config}.yaml").read_text()
     raise FileNotFoundError(f"--config {config}: no such file, and not a packaged demo config "

@@ -10,10 +10,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .checks import input_file
+
 # ImageNet statistics; the test pipeline applies them on 0-255 RGB: mean (123.675, 116.28, 103.53) (spec 5.2).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_PIXELS = 64_000_000
+MAX_FILE_BYTES = 1 << 30  # an image file, before it is opened (64 megapixels of 16-bit RGBA are 512 MB raw)
 # Long side over short side. The protocols resize the short side to 448 (segmentation) or 256 (classification),
 # so a thin strip would become a huge intermediate (a 40000x1 PNG of 198 bytes: 10 GB) or, with the long side
 # capped at 2048, a side of less than one pixel. At 50 the short side stays at least 40 px (over two patches).
@@ -44,8 +47,10 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS, formats: Sequenc
     every format Pillow reads. Servers should pass a list: some decoders (EPS) run external programs."""
     if isinstance(image, str | Path):
         path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"image not found: {path}")
+        try:
+            input_file(path, "image", MAX_FILE_BYTES)  # never opens a FIFO or device
+        except FileNotFoundError as e:  # one image of a batch: skipped with the others' errors
+            raise ValueError(str(e)) from None
         try:
             pil = Image.open(path, formats=formats)
         except Image.DecompressionBombError as e:  # Pillow's own guard, above ~179 megapixels

@@ -196,7 +196,7 @@ MANY = ",".join(f"c{i}" for i in range(256))
 CASES = {
     # segment: images
     "segment/missing-image": Case(SEG.replace("{in}/ok.png", "{in}/nope.png"), U, r"image not found: .*nope\.png"),
-    "segment/folder-as-image": Case(SEG.replace("ok.png", "folder.png"), U, r"image not found: .*folder\.png"),
+    "segment/folder-as-image": Case(SEG.replace("ok.png", "folder.png"), U, r"image .*folder\.png is a folder, not a"),
     "segment/strip-in-a-batch": Case(SEG.replace("{in}/ok.png", "{in}/wide.png {in}/ok.png"), D,
                                      r"skipped .*wide\.png: .*20000x1: one side is more than 50 times",
                                      written=OUTPUTS),
@@ -301,7 +301,7 @@ CASES = {
     "train/override-unknown": Case(TRN + " learning_rate=1", U, r"unknown keys in training config: \['learning_rate"),
     "train/workers-minus-1": Case(TRN + " workers=-1", U, r"workers >= 0"),
     "train/out-is-a-file": Case(TRN.replace("{tmp}/run", "{in}/existing.json"), U, r"existing\.json is a file"),
-    "train/out-holds-a-run": Case(TRN, U, r"already holds checkpoint\.pt and 2 more; pass --resume",
+    "train/out-holds-a-run": Case(TRN, U, r"already holds checkpoint\.pt and 3 more; pass --resume",
                                   prepare=copy_run()),
     "train/resume-other-model": Case(TRN.replace("tiny.yaml", "other.yaml") + " --resume", U,
                                      r"checkpoint\.pt holds a model with another config \(vision\.width: 32 in the "
@@ -493,3 +493,160 @@ def test_the_app_logs_a_refused_request_as_one_line(inputs, tmp_path, capsys):
     assert refused.value.print_exception is False  # gradio prints no traceback for it
     log = capsys.readouterr().out.splitlines()
     assert log == ["groupvit app: refused a request: Upload an image or pick an example first."]
+
+
+# ----------------------------------------------------------------------------- issue 30: whole classes of bad input
+
+
+@pytest.fixture(scope="module")
+def specials(inputs, tmp_path_factory) -> Path:
+    """Inputs that are not regular files: FIFOs under usual names (made with os.mkfifo; no device nodes are made),
+    and CSVs whose rows point at /dev/zero or at a file that is not an image."""
+    root = tmp_path_factory.mktemp("specials")
+    for name in ("fifo.png", "fifo.safetensors", "fifo.pth", "fifo.csv", "fifo.yaml", "fifo.json", "fifo.txt",
+                 "fifo-000000.tar"):  # fmt: skip
+        os.mkfifo(root / name)
+    (root / "zero.csv").write_text("/dev/zero,a cat\n")
+    shutil.copy(inputs / "notes.jpg", root / "notes.jpg")
+    (root / "notimage.csv").write_text("notes.jpg,a dog\n")
+    return root
+
+
+def argv_of(text: str, **places: Path) -> list[str]:
+    for name, path in places.items():
+        text = text.replace("{" + name + "}", str(path))
+    return shlex.split(text)
+
+
+def refused(argv: list[str], capsys, code: int = EXIT_USAGE) -> str:
+    """Run `argv` in process: exit `code`, one error line and no traceback; return that line."""
+    code_now, out, err = run(argv, False, capsys)
+    assert code_now == code, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in out + err, err
+    return errors[0]
+
+
+# Where each subcommand writes, as (command with {target} its output, the output's name under {target}'s folder).
+OUTPUT_TARGETS = {
+    "segment": (SEG.replace("{tmp}/out", "{target}") + " --overwrite", "ok_overlay.png"),
+    "eval": (EVAL + " --out {target}/voc.json --overwrite", "voc.json"),
+    "convert": ("convert {in}/model.safetensors {target}/m.safetensors --overwrite", "m.safetensors"),
+    "convert-hf": ("convert {in}/model.safetensors {target} --to hf --overwrite", "config.json"),
+    "convert-nvlabs": ("convert {in}/model.safetensors {target}/m.pth --to nvlabs --overwrite", "m.pth"),
+    "train": (TRN.replace("{tmp}/run", "{target}") + " --overwrite", "checkpoint.pt"),
+    "train-resume": (TRN.replace("{tmp}/run", "{target}") + " --resume", "train_config.json"),
+    "demo": ("demo --scenes-only 1 --out {target} --overwrite", "val_000000.jpg"),
+    "prepare-nouns": ("prepare-nouns {in}/broken-000000.tar --out {target}", "broken-000000.tar"),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+@pytest.mark.parametrize("command", list(OUTPUT_TARGETS))
+def test_outputs_onto_things_that_are_not_regular_files_are_refused(command, kind, inputs, tmp_path, capsys):
+    """Class 1: an output that exists and is not a regular file (a FIFO here; as root a device node, which the atomic
+    rename would swap out) is refused in one line, --overwrite or not, before any work, and is left as it was."""
+    argv, name = OUTPUT_TARGETS[command]
+    target = tmp_path / "target"
+    target.mkdir()
+    os.mkfifo(target / name) if kind == "fifo" else (target / name).mkdir()
+    line = refused(argv_of(argv, target=target, **{"in": inputs}), capsys)
+    what = "a FIFO (named pipe)" if kind == "fifo" else "a folder"
+    assert re.search(rf"{re.escape(name)}.* is {re.escape(what)}", line), line
+    assert (target / name).is_fifo() if kind == "fifo" else (target / name).is_dir()
+    assert sorted(p.name for p in target.iterdir()) == [name]  # nothing else written
+
+
+@pytest.mark.timeout(60)
+def test_the_api_never_writes_over_a_special_file(tmp_path):
+    """Class 1, the Python API: save_model (every layout) and atomic_write refuse a FIFO and leave it."""
+    from groupvit.checkpoint import atomic_write
+
+    model = GroupViT(model_config("small")).eval()
+    for name, layout in (("m.safetensors", "groupvit"), ("m.pth", "nvlabs")):
+        os.mkfifo(tmp_path / name)
+        with pytest.raises(ValueError, match=rf"{name} is a FIFO \(named pipe\), not a regular file"):
+            groupvit.save_model(model, tmp_path / name, layout=layout)
+    (tmp_path / "hf").mkdir()
+    os.mkfifo(tmp_path / "hf" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model\.safetensors is a FIFO"):
+        groupvit.save_model(model, tmp_path / "hf", layout="hf")
+    with pytest.raises(ValueError, match="is a folder, not a regular file"):
+        atomic_write(tmp_path / "hf", lambda tmp: Path(tmp).write_text("x"))
+    assert all(p.is_fifo() for p in (tmp_path / "m.safetensors", tmp_path / "m.pth", tmp_path / "hf/model.safetensors"))
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+# Every kind of input path a subcommand reads, given as a FIFO (or a CSV naming a device or a non-image).
+SPECIAL_INPUTS = {
+    "segment/image": (
+        SEG.replace("{in}/ok.png", "{sp}/fifo.png"),
+        U,
+        r"image .*fifo\.png is a FIFO \(named pipe\), "
+        r"not a file",
+    ),
+    "segment/checkpoint": (
+        SEG.replace("{in}/model.safetensors", "{sp}/fifo.safetensors"),
+        U,
+        r"checkpoint .*fifo\.safetensors is a FIFO",
+    ),
+    "segment/background-words": (SEG + " --background-words {sp}/fifo.txt", U, r"background words file .* is a FIFO"),
+    "segment/thresholds": (SEG + " --background-thresholds {sp}/fifo.json", U, r"thresholds file .* is a FIFO"),
+    "classify/image": (CLS.replace("{in}/ok.png", "{sp}/fifo.png"), U, r"image .*fifo\.png is a FIFO"),
+    "classify/checkpoint": (CLS.replace("{in}/model.safetensors", "{sp}/fifo.pth"), U, r"fifo\.pth is a FIFO"),
+    "eval/checkpoint": (EVAL.replace("{in}/model.safetensors", "{sp}/fifo.pth"), U, r"fifo\.pth is a FIFO"),
+    "info/checkpoint": ("info --checkpoint {sp}/fifo.pth", U, r"fifo\.pth is a FIFO"),
+    "info/config": ("info {sp}/fifo.yaml", U, r"config file .*fifo\.yaml is a FIFO"),
+    "convert/src": ("convert {sp}/fifo.pth {tmp}/m.safetensors", U, r"fifo\.pth is a FIFO"),
+    "train/csv": (TRN.replace("{in}/pairs.csv", "{sp}/fifo.csv"), U, r"training data .*fifo\.csv is a FIFO"),
+    "train/config": (TRN + " --config {sp}/fifo.yaml", U, r"config file .*fifo\.yaml is a FIFO"),
+    "train/shard": (
+        TRN.replace("{in}/pairs.csv", "{sp}/fifo-{000000..000000}.tar"),
+        U,
+        r"shard .*fifo-000000\.tar is "
+        r"a FIFO",
+    ),
+    "train/row-dev-zero": (TRN.replace("{in}/pairs.csv", "{sp}/zero.csv"), D, r"/dev/zero is a character device"),
+    "train/row-not-an-image": (TRN.replace("{in}/pairs.csv", "{sp}/notimage.csv"), D, r"notes\.jpg is not an image"),
+    "demo/config": (DEMO + " --config {sp}/fifo.yaml", U, r"fifo\.yaml is a FIFO"),
+    "prepare-nouns/shard": ("prepare-nouns {sp}/fifo-{000000..000000}.tar --out {tmp}/n", U, r"is a FIFO"),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", list(SPECIAL_INPUTS))
+def test_special_files_as_inputs_are_named_for_what_they_are(name, inputs, specials, tmp_path, capsys):
+    """Class 2: every input path is checked with stat before it is opened: a FIFO does not hang the command, a CSV
+    row naming /dev/zero is not read without end, and an existing file that is not an image is called that."""
+    argv, code, message = SPECIAL_INPUTS[name]
+    line = refused(argv_of(argv, sp=specials, tmp=tmp_path, **{"in": inputs}), capsys, code)
+    assert re.search(message, line), line
+
+
+@pytest.mark.timeout(60)
+def test_the_api_and_the_app_check_special_inputs(specials, inputs, tmp_path):
+    """Class 2 in the Python API (load_model, load_image, a training table) and the app (its model and uploads)."""
+    import gradio as gr
+
+    from groupvit.app import SegmentationApp, load_app_model
+    from groupvit.checkpoint import CheckpointError
+    from groupvit.image import load_image
+    from groupvit.training.data import CaptionTable, read_image_file
+
+    with pytest.raises(CheckpointError, match=r"fifo\.pth is a FIFO"):
+        groupvit.load_model(specials / "fifo.pth")
+    with pytest.raises(ValueError, match=r"fifo\.png is a FIFO"):
+        load_image(specials / "fifo.png")
+    with pytest.raises(ValueError, match=r"/dev/zero is a character device"):
+        read_image_file(Path("/dev/zero"))
+    table = CaptionTable(specials / "zero.csv", lambda image: image, lambda *a: (), seed=0)
+    with pytest.raises(RuntimeError, match="no readable sample"):
+        table[0]
+    assert table.skipped == {"image": 1}
+    with pytest.raises(CheckpointError, match=r"fifo\.safetensors is a FIFO"):
+        load_app_model(str(specials / "fifo.safetensors"), "cpu")
+    app = SegmentationApp(groupvit.load_model(inputs / "model.safetensors"), "small", None, tmp_path)
+    os.mkfifo(tmp_path / "upload.png")
+    with pytest.raises(gr.Error, match=r"upload\.png is a FIFO"):
+        app.read_image(str(tmp_path / "upload.png"))

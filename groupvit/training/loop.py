@@ -280,7 +280,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        atomic_write(out / "train_config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
         writer = SummaryWriter(out / "tensorboard")
     batches = forever(build_loader(cfg, rank, world, start_step))
     skipped_by_worker: dict[int, int] = {}
