@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .checks import input_file, output_target
-from .config import GroupViTConfig, TextConfig, VisionConfig, list_presets, model_config
+from .config import GroupViTConfig, TextConfig, VisionConfig, list_presets, model_config, parse_json, read_json
 from .model import GroupViT
 from .settings import TestSettings
 
@@ -434,21 +434,19 @@ def _state_dict_from_pickle(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+        data = read_json(path, "config")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a transformers config")
     return data
 
 
-def _json_metadata(text: str | None, path: Path) -> Any:
+def _json_metadata(text: str | None, path: Path, what: str = "the config") -> Any:
     try:
-        return json.loads(text or "")
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: the config in its metadata is not valid JSON ({e.msg})") from None
+        return parse_json(text or "", f"{path}: {what} in its metadata")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # What transformers' config cannot hold; config.json's `CONFIG_KEY` entry gives it back.
@@ -580,9 +578,10 @@ def read_test_settings(path: str | Path) -> TestSettings | None:
         raise CheckpointError(f"cannot read {path} as safetensors; it may be truncated ({e})") from None
     if text is None:
         return None
+    stored = _json_metadata(text, path, "the test settings")
     try:
-        return TestSettings.from_dict(json.loads(text))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        return TestSettings.from_dict(stored)
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: the test settings in its metadata are not valid ({e})") from None
 
 

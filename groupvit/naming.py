@@ -21,7 +21,6 @@ functions; results of any non-default option are labelled `"protocol": "variant"
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import input_file
-from .config import MAX_CONFIG_BYTES
+from .config import MAX_CONFIG_BYTES, read_json
 
 # Stuff words scored as background, as the methods publish them.
 # SCLIP (wangf3014/SCLIP, configs/cls_voc21.txt and cls_coco_object.txt: the first line, the background class)
@@ -122,7 +121,7 @@ def background_words(spec: str | Sequence[str] | None, files: bool = True) -> tu
 def load_class_thresholds(path: str | Path) -> dict[str, float]:
     """Per-class thresholds from a JSON file: a {class: threshold} mapping, or the results of `groupvit eval`
     (their `naming.class_thresholds`)."""
-    data = json.loads(input_file(path, "thresholds file", MAX_CONFIG_BYTES).read_text())
+    data = read_json(path, "thresholds file")
     if isinstance(data, dict) and isinstance(data.get("naming"), dict):
         data = data["naming"].get("class_thresholds")
     if not isinstance(data, dict) or not data or not all(isinstance(v, int | float) for v in data.values()):

@@ -650,3 +650,84 @@ def test_the_api_and_the_app_check_special_inputs(specials, inputs, tmp_path):
     os.mkfifo(tmp_path / "upload.png")
     with pytest.raises(gr.Error, match=r"upload\.png is a FIFO"):
         app.read_image(str(tmp_path / "upload.png"))
+
+
+M16 = "model:\n  projection_dim: 16\n"
+# Settings files that say something else than what would run: (content, what every reader must say).
+STRICT_CONFIGS = {
+    "unknown-section": (M16 + "train:\n  steps: 2\ntrian:\n  batch_size: 4\n",
+                        r"unknown section 'trian' \(.*\.yaml, line 5\)"),
+    "duplicate-key": (M16 + "train:\n  lr: 1.0e-3\n  steps: 2\n  lr: 1.0\n", r"\.yaml, line 6: duplicate key 'lr' "
+                      r"\(also on line 4\)"),
+    "infinite-number": (M16 + "train:\n  lr: .inf\n  steps: 2\n", r"\.yaml, line 4: \.inf is not a finite number"),
+    "deep": (M16 + "train:\n  extra: " + "[" * 5000 + "]" * 5000 + "\n",
+             r"\.yaml, line 4: nested deeper than 32 levels"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(STRICT_CONFIGS))
+def test_info_train_and_demo_read_a_config_alike_and_strictly(name, inputs, tmp_path, capsys):
+    """Class 4: one strict reader for every YAML: a misspelt section, a duplicate key, a non-finite number and deep
+    nesting are refused with the file and line, by `info` and `train` (and `demo` and the API) alike, where `train`
+    once trained the defaults of a file with a misspelt section."""
+    from groupvit.config import GroupViTConfig
+    from groupvit.training.config import TrainConfig
+
+    text, message = STRICT_CONFIGS[name]
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(text)
+    lines = {}
+    for command in ("info {cfg}", "train --config {cfg} --data {in}/pairs.csv --out {tmp}/run", "demo --config {cfg} "
+                    "--out {tmp}/demo --data {tmp}/synthvoc"):  # fmt: skip
+        line = refused(argv_of(command, cfg=config, tmp=tmp_path, **{"in": inputs}), capsys)
+        assert re.search(message, line), line
+        lines[command.split()[0]] = line.split("error: ", 1)[1]
+    assert lines["info"] == lines["train"], lines
+    for read in (GroupViTConfig.from_yaml, TrainConfig.from_yaml):
+        with pytest.raises(ValueError, match=message):
+            read(config)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("override", ["lr=inf", "lr=nan", "lr=.nan", "warmup_lr=-.inf", "betas=[0.9,inf]"])
+def test_non_finite_overrides_are_refused(override, inputs, tmp_path, capsys):
+    line = refused([*argv_of(TRN, tmp=tmp_path, **{"in": inputs}), override], capsys)
+    assert re.search(r"(is not a finite number|betas must be)", line), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_uses_the_model_section_of_its_config(inputs, tmp_path, capsys):
+    """A training config with a model section trains that model (as `info FILE` shows it), not the default."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**TINY_MODEL, "train": {"steps": 1, "batch_size": 4}}))
+    assert main(["train", "--config", str(config), "--data", str(inputs / "pairs.csv"), "--out", str(tmp_path / "run"),
+                 *TRAIN]) == 0  # fmt: skip
+    assert main(["info", str(config)]) == 0
+    assert '"width": 32' in capsys.readouterr().out
+    from groupvit.config import GroupViTConfig
+
+    assert groupvit.load_model(tmp_path / "run" / "model.safetensors").config == GroupViTConfig.from_yaml(config)
+
+
+STRICT_JSON = {
+    "duplicate-key": ('{"cat": 0.5, "cat": 0.9}', r"duplicate key 'cat'"),
+    "nan": ('{"cat": NaN}', r"NaN is not a finite number"),
+    "overflow": ('{"cat": 1e999}', r"1e999 is not a finite number"),
+    "deep": ("[" * 100_000 + "]" * 100_000, r"nested deeper than 32 levels"),
+}
+
+
+@pytest.mark.parametrize("name", list(STRICT_JSON))
+def test_every_json_the_package_reads_is_read_strictly(name, inputs, tmp_path, capsys):
+    """Class 4, JSON: per-class thresholds (segment, eval) and a transformers config.json (every checkpoint reader)."""
+    text, message = STRICT_JSON[name]
+    (tmp_path / "thresholds.json").write_text(text)
+    line = refused(argv_of(SEG + " --background-thresholds {tmp}/thresholds.json", tmp=tmp_path,
+                           **{"in": inputs}), capsys)  # fmt: skip
+    assert re.search(rf"thresholds\.json: {message}", line), line
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(text.replace('"cat"', '"model_type"'))
+    (hf / "model.safetensors").write_bytes(b"")
+    line = refused(["convert", str(hf), str(tmp_path / "m.safetensors")], capsys)
+    assert re.search(r"config\.json: " + message.replace("'cat'", "'model_type'"), line), line

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import GroupViTConfig, dataclass_from_dict, model_config, read_yaml
+from ..config import GroupViTConfig, dataclass_from_dict, located, model_config, read_yaml, section
 from ..data.augment import LIGHT_CROP_SCALE, TENSOR_PRESETS
 from ..losses import LOSSES, NOUN_LOSSES, NOUN_POSITIVES
 from ..templates import TEMPLATE_SETS
@@ -95,7 +96,15 @@ class TrainConfig:
             except (TypeError, ValueError):
                 kind = type(default).__name__
                 raise ValueError(f"training config key {f.name!r}: {value!r} is not a {kind}") from None
-        self.betas = tuple(self.betas)
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+                raise ValueError(f"training config key {f.name!r}: {value!r} is not a finite number")
+        try:
+            beta1, beta2 = (float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            beta1 = beta2 = -1.0
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"betas must be [beta1, beta2], each in [0, 1), got {self.betas!r}")
+        self.betas = (beta1, beta2)
         try:
             low, high = (float(v) for v in self.crop_scale)
         except (TypeError, ValueError):
@@ -149,7 +158,12 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
         data = read_yaml(path)
-        return cls.from_dict(data.get("train", data), overrides)
+        train = section(data, "train", path)
+        if train is not data and "model" in data:  # the file's own model section is the model it trains
+            if "model" in train:
+                raise ValueError(f"{path}: both a model section and train.model{located(train, 'model')}; keep one")
+            train["model"] = str(path)
+        return cls.from_dict(train, overrides)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
