@@ -539,7 +539,13 @@ def read_checkpoint(
         cfg = _inferred_config(source, layout, path)
     with torch.device("meta"):
         skeleton = GroupViT(cfg)
-    return import_state_dict(source, skeleton, layout), cfg, layout
+    state = import_state_dict(source, skeleton, layout)
+    damaged = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if damaged:
+        raise CheckpointError(f"{path}: {len(damaged)} tensors hold NaN or infinite values, e.g. "
+                              f"{', '.join(damaged[:3])}; the weights are damaged (from a run that diverged?) and "
+                              "would answer nonsense")  # fmt: skip
+    return state, cfg, layout
 
 
 def load_model(

@@ -25,7 +25,7 @@ MAX_ASPECT_RATIO = 50
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def _to_uint8(array: np.ndarray, name: str = "the image") -> np.ndarray:
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.uint16:
@@ -33,6 +33,10 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     array = array.astype(np.float32)
+    finite = np.isfinite(array)
+    if not finite.all():  # NaN would make every pixel the same grey, or garbage, and the model answer regardless
+        raise ValueError(f"{name} holds {array.size - int(finite.sum()):,} NaN or infinite values of {array.size:,}; "
+                         "replace them with numbers first")  # fmt: skip
     lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
     if 0.0 <= lo and hi <= 1.0:  # float images in [0, 1]
         return (array * 255).round().astype(np.uint8)
@@ -45,6 +49,7 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS, formats: Sequenc
 
     formats: Pillow format names a file may have (e.g. ("PNG", "JPEG")), whatever its extension; None allows
     every format Pillow reads. Servers should pass a list: some decoders (EPS) run external programs."""
+    path = None
     if isinstance(image, str | Path):
         path = Path(image)
         try:
@@ -78,8 +83,9 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS, formats: Sequenc
         raise ValueError(f"expected an image array [H, W], [H, W, 3] or [H, W, 4], got shape {image.shape}")
     if min(image.shape[:2]) < 1:
         raise ValueError(f"empty image of shape {image.shape}")
-    check_size(image.shape[1], image.shape[0], max_pixels)
-    image = _to_uint8(image)
+    name = str(path) if isinstance(path, Path) else "the image"
+    check_size(image.shape[1], image.shape[0], max_pixels, name)
+    image = _to_uint8(image, name)
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     return np.ascontiguousarray(image[:, :, :3])

@@ -731,3 +731,86 @@ def test_every_json_the_package_reads_is_read_strictly(name, inputs, tmp_path, c
     (hf / "model.safetensors").write_bytes(b"")
     line = refused(["convert", str(hf), str(tmp_path / "m.safetensors")], capsys)
     assert re.search(r"config\.json: " + message.replace("'cat'", "'model_type'"), line), line
+
+
+@pytest.fixture(scope="module")
+def nonsense(tmp_path_factory) -> Path:
+    """A checkpoint whose weights hold NaN, and a float TIFF of NaN pixels."""
+    root = tmp_path_factory.mktemp("nonsense")
+    model = GroupViT(model_config("small")).eval()
+    with torch.no_grad():
+        model.visual.pos_embed[0, 0, 0] = float("nan")
+    groupvit.save_model(model, root / "nan.safetensors")
+    Image.fromarray(np.full((48, 64), np.nan, dtype=np.float32), mode="F").save(root / "nan.tiff")
+    return root
+
+
+# (command, exit code, message) for each kind of nonsense, given to each command that takes it.
+NONSENSE = {
+    "segment/invisible-class": (SEG.replace("cat,dog", "cat,\u200b\u2060"), U, r"class name '.*' is invisible"),
+    "segment/class-with-newline": (SEG.replace("cat,dog", "'cat\ndog,bird'"), U, r"holds a line break"),
+    "segment/background-word-invisible": (SEG + " --background-words sky,\u200b", U, r"is invisible"),
+    "segment/nan-weights": (SEG.replace("{in}/model.safetensors", "{ns}/nan.safetensors"), U,
+                            r"nan\.safetensors: 1 tensors hold NaN or infinite values, e\.g\. visual\.pos_embed"),
+    "segment/nan-image": (SEG.replace("{in}/ok.png", "{ns}/nan.tiff"), D, r"nan\.tiff holds 3,072 NaN"),
+    "classify/invisible-class": (CLS.replace("cat,dog", "cat,\ufeff"), U, r"is invisible"),
+    "classify/class-with-newline": (CLS.replace("cat,dog", "'cat,do\rg'"), U, r"holds a line break"),
+    "classify/nan-weights": (CLS.replace("{in}/model.safetensors", "{ns}/nan.safetensors"), U, r"hold NaN"),
+    "classify/nan-image": (CLS.replace("{in}/ok.png", "{ns}/nan.tiff"), D, r"nan\.tiff holds 3,072 NaN"),
+    "eval/nan-weights": (EVAL.replace("{in}/model.safetensors", "{ns}/nan.safetensors"), U, r"hold NaN"),
+    "info/nan-weights": ("info --checkpoint {ns}/nan.safetensors", U, r"hold NaN"),
+    "convert/nan-weights": ("convert {ns}/nan.safetensors {tmp}/m.safetensors", U, r"hold NaN"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(NONSENSE))
+def test_nonsense_is_refused_before_the_model_runs(name, inputs, nonsense, tmp_path, capsys):
+    """Class 5: invisible class names, names with line breaks, weights holding NaN and all-NaN images are refused
+    with what is wrong (a bad image of a batch is skipped with it, exit 1), never segmented or classified."""
+    argv, code, message = NONSENSE[name]
+    if code == EXIT_USAGE:
+        line = refused(argv_of(argv, ns=nonsense, tmp=tmp_path, **{"in": inputs}), capsys)
+    else:
+        code_now, out, line = run(argv_of(argv, ns=nonsense, tmp=tmp_path, **{"in": inputs}), False, capsys)
+        assert code_now == code and "Traceback" not in out + line and "%" not in out, line  # no image answered
+    assert re.search(message, line), line
+    assert not list(tmp_path.rglob("*.*"))
+
+
+def test_nonsense_in_the_api_and_the_app(inputs, nonsense, tmp_path, capsys):
+    """Class 5 in the Python API and the app; a visible name with zero-width characters inside is cleaned, with a
+    warning, and then means the same as the name without them."""
+    import gradio as gr
+
+    from groupvit.app import SegmentationApp
+    from groupvit.checkpoint import CheckpointError
+    from groupvit.classification import ZeroShotClassifier
+    from groupvit.image import load_image
+    from groupvit.segmentation import ZeroShotSegmenter, check_class_names
+
+    model = groupvit.load_model(inputs / "model.safetensors")
+    with pytest.warns(UserWarning, match=r"removed zero-width or format characters from 1 class name"):
+        assert check_class_names("c\u200bat, dog") == ["cat", "dog"]
+    for make in (ZeroShotSegmenter, ZeroShotClassifier):
+        with pytest.raises(ValueError, match="is invisible"):
+            make(model, ["cat", "\u200b"])
+        with pytest.raises(ValueError, match="line break"):
+            make(model, ["cat\ndog"])
+    with pytest.raises(ValueError, match=r"the image holds 12 NaN or infinite values of 12"):
+        load_image(np.full((2, 2, 3), np.nan, dtype=np.float32))
+    one_inf = np.full((3, 3, 3), 0.5)
+    one_inf[1, 2, 0] = np.inf
+    with pytest.raises(ValueError, match=r"holds 1 NaN or infinite values of 27"):
+        load_image(one_inf)
+    with pytest.raises(CheckpointError, match="hold NaN"):
+        groupvit.load_model(nonsense / "nan.safetensors")
+    app = SegmentationApp(model, "small", None, tmp_path)
+    shutil.copy(nonsense / "nan.tiff", tmp_path / "nan.tiff")
+    shutil.copy(inputs / "ok.png", tmp_path / "ok.png")
+    for path, classes, message in ((tmp_path / "ok.png", "cat,\u200b", "is invisible"),
+                                   (tmp_path / "ok.png", "cat\ndog", "line break"),
+                                   (tmp_path / "nan.tiff", "cat,dog", r"nan\.tiff holds 3,072 NaN")):  # fmt: skip
+        with pytest.raises(gr.Error, match=message):
+            app.segment(str(path), classes, 0.5, "whole")
+    log = capsys.readouterr().out.splitlines()
+    assert len(log) == 3 and all(line.startswith("groupvit app: refused a request: ") for line in log), log
