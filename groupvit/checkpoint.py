@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .checks import input_file, output_target
+from .checks import check_memory, file_size, input_file, output_target
 from .config import GroupViTConfig, TextConfig, VisionConfig, list_presets, model_config, parse_json, read_json
 from .model import GroupViT
 from .settings import TestSettings
@@ -387,11 +387,30 @@ def _pickle_globals(path: Path) -> list[str]:
     return names
 
 
+def _check_declared_sizes(path: Path) -> None:
+    """Refuse a zip checkpoint whose records declare far more bytes than the file holds (a zip bomb: torch.save
+    stores records uncompressed) or than memory can take, from its directory, before any record is inflated."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"cannot read {path}: truncated or not a PyTorch checkpoint ({e})") from None
+    on_disk = path.stat().st_size
+    if declared > 4 * on_disk + (64 << 20):
+        raise CheckpointError(f"{path} declares {file_size(declared)} of records in a {file_size(on_disk)} file (a "
+                              "zip bomb?); refusing to inflate it")  # fmt: skip
+    try:
+        check_memory(declared, f"reading {path}", "use a machine with more memory")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
 def safe_torch_load(path: str | Path) -> Any:
     """torch.load with `weights_only=True`; objects of unknown classes (e.g. an OmegaConf config in a
     training checkpoint) load as inert placeholders instead of running their code."""
     path = Path(path)
     if zipfile.is_zipfile(path):
+        _check_declared_sizes(path)
         try:
             unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception as e:  # a damaged zip directory

@@ -20,6 +20,14 @@ from pathlib import Path
 
 EXIT_DATA = 1
 EXIT_USAGE = 2
+# Bounds of the size-like options: past them a request is refused before any work (each option's --help says its).
+MAX_SHORT_SIDE = 2048  # the protocol's resize caps the long side at 2048 anyway (groupvit.image.rescale_size)
+MAX_CROP_BATCH = 256  # crops per encoder batch
+MAX_TRAIN_BATCH = 8192  # images per process and step
+MAX_COUNT = 10_000_000  # steps, images, intervals
+MAX_SCENES = 1_000_000  # SynthVOC scenes to generate
+MAX_WORKERS = 256  # processes
+MAX_MINUTES = 7 * 24 * 60  # a week
 
 
 class DataError(ValueError):
@@ -76,6 +84,49 @@ def positive_float(text: str) -> float:
     return value
 
 
+def at_most(limit: int, least: int = 1, kind: type = int):
+    """argparse type: an integer from `least` (default 1) to `limit`, or with kind=float a number above 0 up to
+    `limit`. The parser adds "(at most LIMIT)" to the option's help (`say_limits`), so every size a command takes
+    has a bound it states."""
+
+    def parse(text: str) -> int | float:
+        value = positive_float(text) if kind is float else _number(text, int)
+        if value < least and kind is int:
+            raise argparse.ArgumentTypeError(f"{value} is not a positive integer (1 or more)" if least == 1 else
+                                             f"{value} is under {least}")  # fmt: skip
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{value:,g} is over the limit of {limit:,}")
+        return value
+
+    parse.limit = limit
+    return parse
+
+
+def weight(text: str) -> float:
+    """argparse type: a loss weight, a finite number from 0 to WEIGHT_LIMIT."""
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is negative; a loss weight is 0 or more")
+    if value > WEIGHT_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value:g} is over the limit of {WEIGHT_LIMIT:,}")
+    return value
+
+
+WEIGHT_LIMIT = 100
+weight.limit = WEIGHT_LIMIT
+
+
+def say_limits(parser: argparse.ArgumentParser) -> None:
+    """Add "(at most LIMIT)" to the help of every option (of every subcommand) whose type has a limit."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                say_limits(sub)
+        elif hasattr(action.type, "limit") and "at most" not in (action.help or ""):
+            limit = f"at most {action.type.limit:,}"
+            action.help = f"{action.help} ({limit})" if action.help else limit
+
+
 def unit_float(text: str) -> float:
     """argparse type: a number in [0, 1] (background thresholds)."""
     value = _number(text, float)
@@ -90,6 +141,26 @@ def port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
     return value
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (MemAvailable), or None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def check_memory(need: int, what: str, hint: str) -> None:
+    """Refuse, before the work starts, `what` when it needs more bytes than the machine has available."""
+    free = available_memory()
+    if free is not None and need > free:
+        raise ValueError(f"{what} needs about {file_size(need)} of memory, more than the {file_size(free)} available; "
+                         f"{hint}")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- files, checked with stat first

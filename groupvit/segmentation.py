@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import check_memory
 from .image import ImageInput, load_image, rescale_size, to_tensor
 from .model import GroupViT, ImageGroups
 from .naming import Naming, area_filter, name_pixels, threshold_vector
@@ -112,6 +113,7 @@ def check_result_size(height: int, width: int, classes: int) -> None:
         raise ValueError(f"a {width}x{height} image with {classes} classes needs about {need / 2**30:.1f} GiB for its "
                          f"per-pixel results (limit {MAX_RESULT_BYTES / 2**30:g} GiB); downscale it or name fewer "
                          "classes")  # fmt: skip
+    check_memory(need, f"a {width}x{height} image with {classes} classes", "downscale it or name fewer classes")
 
 
 def token_grid(num_tokens: int, height: int, width: int) -> tuple[int, int]:

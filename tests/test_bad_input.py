@@ -7,6 +7,7 @@ real exit code and stderr."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import pickle
@@ -814,3 +815,78 @@ def test_nonsense_in_the_api_and_the_app(inputs, nonsense, tmp_path, capsys):
             app.segment(str(path), classes, 0.5, "whole")
     log = capsys.readouterr().out.splitlines()
     assert len(log) == 3 and all(line.startswith("groupvit app: refused a request: ") for line in log), log
+
+
+def bounded_options(command: str) -> list[argparse.Action]:
+    from groupvit.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    return [a for a in sub._actions if a.option_strings and a.type is not None]
+
+
+@pytest.mark.parametrize("command", ["demo", "segment", "train", "prepare-nouns", "eval", "classify", "app"])
+def test_every_size_option_is_bounded_and_says_its_bound(command, capsys):  # the others take no numbers
+    """Class 3: every numeric option of every subcommand has an upper bound, says it in --help, and refuses a value
+    past it in one line before any work (classify --short-side 200000 once allocated 22 GB)."""
+    from groupvit.checks import port, unit_float
+
+    options = bounded_options(command)
+    assert options
+    for action in options:
+        if action.type in (port, unit_float) or action.choices:  # bounded by their own range
+            continue
+        assert hasattr(action.type, "limit"), action.option_strings
+        limit = action.type.limit
+        assert f"at most {limit:,}" in action.help, action.help
+        value = ",".join(["0.5"] * (limit + 1)) if "," in (action.metavar or "") else str(limit + 1)  # a list
+        code, _, err = run([command, action.option_strings[0], value], False, capsys)
+        assert code == EXIT_USAGE and f"over the limit of {limit:,}" in err, err
+
+
+@pytest.mark.parametrize("override", ["batch_size=100000", "image_size=100000", "workers=10000", "minutes=1e9"])
+def test_training_sizes_from_a_config_are_bounded(override, inputs, tmp_path, capsys):
+    line = refused([*argv_of(TRN, tmp=tmp_path, **{"in": inputs}), override], capsys)
+    assert f"{override.split('=')[0]}=" in line and "is over the limit of" in line, line
+
+
+def test_work_is_checked_against_memory_before_it_starts(inputs, tmp_path, capsys, monkeypatch):
+    """Class 3: the memory a request implies (classify's resize, segment's per-pixel results) is compared with what
+    the machine has before the work starts, in the API and the CLI."""
+    from groupvit.classification import ZeroShotClassifier
+
+    monkeypatch.setattr("groupvit.checks.available_memory", lambda: 100_000)
+    classifier = ZeroShotClassifier(groupvit.load_model(inputs / "model.safetensors"), ["cat", "dog"], short_side=2048)
+    # ok.png is 64x48: resized to a 2048 short side, 2731x2048 RGB (and Pillow's copy) = 33.6 MB.
+    with pytest.raises(ValueError, match=r"a 64x48 image resized to a short side of 2048 needs about 33\.6 MB of "
+                       r"memory, more than the 100,000 bytes available"):  # fmt: skip
+        classifier(inputs / "ok.png")
+    code, _, err = run(shlex.split(SEG.replace("{in}", str(inputs)).replace("{tmp}", str(tmp_path))), False, capsys)
+    # its per-pixel results: 3072 pixels x (8 bytes x 3 channels + 32) = 172,032 bytes
+    assert code == EXIT_DATA and "ok.png: a 64x48 image with 2 classes needs about 172,032 bytes of memory" in err, err
+
+
+def forged_zip(path: Path, declared: int) -> None:
+    """Make the last record of the zip at `path` declare `declared` uncompressed bytes (its directory entry)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    entry = data.rfind(b"PK\x01\x02")
+    data[entry + 24 : entry + 28] = struct.pack("<I", declared)
+    path.write_bytes(bytes(data))
+
+
+def test_a_zip_bomb_checkpoint_is_refused_from_its_directory(inputs, tmp_path, capsys, monkeypatch):
+    """Class 3: a .pth whose records declare 4 GB is refused from the zip directory before any record is read."""
+    import zipfile
+
+    torch.save({"model": {"w": torch.zeros(4)}}, tmp_path / "bomb.pth")
+    forged_zip(tmp_path / "bomb.pth", 4_000_000_000)
+    declared = sum(i.file_size for i in zipfile.ZipFile(tmp_path / "bomb.pth").infolist())
+    assert declared > 4_000_000_000
+    opened = []
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda *a, **k: opened.append(a) or pytest.fail("a record was read"))
+    for argv in (["convert", str(tmp_path / "bomb.pth"), str(tmp_path / "m.safetensors")],
+                 ["info", "--checkpoint", str(tmp_path / "bomb.pth")]):  # fmt: skip
+        line = refused(argv, capsys)
+        assert re.search(r"bomb\.pth declares 4 GB of records in a [\d,]+ bytes file \(a zip bomb\?\)", line), line
+    assert not opened

@@ -8,10 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checks import MAX_COUNT, MAX_MINUTES, MAX_SHORT_SIDE, MAX_TRAIN_BATCH, MAX_WORKERS
 from ..config import GroupViTConfig, dataclass_from_dict, located, model_config, read_yaml, section
 from ..data.augment import LIGHT_CROP_SCALE, TENSOR_PRESETS
 from ..losses import LOSSES, NOUN_LOSSES, NOUN_POSITIVES
 from ..templates import TEMPLATE_SETS
+
+# Upper bounds of the training config's sizes (the command line's options have the same).
+LIMITS = {"batch_size": MAX_TRAIN_BATCH, "reference_batch": 1 << 20, "accum_steps": 1024, "steps": MAX_COUNT,
+          "save_every": MAX_COUNT, "log_every": MAX_COUNT, "eval_every": MAX_COUNT, "eval_images": MAX_COUNT,
+          "warmup_steps": MAX_COUNT, "minutes": MAX_MINUTES, "image_size": 1024, "eval_short_side": MAX_SHORT_SIDE,
+          "workers": MAX_WORKERS, "shuffle_buffer": 1_000_000, "multi_label": 64}  # fmt: skip
 
 
 @dataclass
@@ -121,6 +128,9 @@ class TrainConfig:
         if low or self.workers < 0:
             raise ValueError(f"training config: {', '.join(counts)} must be positive and workers >= 0; got "
                              f"{', '.join(low) or f'workers={self.workers}'}")  # fmt: skip
+        for key, limit in LIMITS.items():  # sizes are bounded before anything is allocated
+            if getattr(self, key) > limit:
+                raise ValueError(f"training config: {key}={getattr(self, key):,g} is over the limit of {limit:,}")
         choices = (("noun_loss", self.noun_loss, NOUN_LOSSES), ("loss", self.loss, LOSSES),
                    ("noun_positives", self.noun_positives, NOUN_POSITIVES),
                    ("noun_templates", self.noun_templates, tuple(TEMPLATE_SETS)))  # fmt: skip
