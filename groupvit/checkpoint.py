@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .checks import check_memory, file_size, input_file, output_target
+from .checks import DiskFull, check_memory, disk_full, file_size, input_file, output_target
 from .config import GroupViTConfig, TextConfig, VisionConfig, list_presets, model_config, parse_json, read_json
 from .model import GroupViT
 from .settings import TestSettings
@@ -154,6 +154,11 @@ def import_state_dict(source: dict[str, torch.Tensor], model: GroupViT, layout: 
     ignorable = {"text_model.embeddings.position_ids"}
     unexpected = sorted(k for k in source if k not in used and k not in ignorable)
     _raise_if_incompatible(missing, mismatched, unexpected)
+    kinds = [f"{k} is {v.dtype}" for k, v in out.items() if v.is_floating_point() != expected[k].is_floating_point()]
+    if kinds:
+        raise CheckpointError(f"{len(kinds)} tensors have the right shapes but another kind of number, e.g. "
+                              f"{', '.join(kinds[:3])}; GroupViT's weights are floating point (float32, float16 or "
+                              "bfloat16): dequantise quantised weights first")  # fmt: skip
     return out
 
 
@@ -623,8 +628,12 @@ def atomic_write(path: Path, write: Any) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = disk_full(e, path.parent)  # asked before the temporary file frees its space
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise DiskFull(f"the disk is full: no space left to write {path}; nothing was written there (an earlier "
+                           "file of that name is as it was); free some space and run again") from None  # fmt: skip
         raise
 
 

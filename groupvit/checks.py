@@ -34,6 +34,24 @@ class DataError(ValueError):
     """Input data (images, captions, label files, shards) that cannot be used: exit code 1, not 2."""
 
 
+class DiskFull(OSError):
+    """The disk filled while a file was written (its temporary file is removed): exit code 1."""
+
+
+def disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether `error`, raised while writing in `folder`, means the disk is full: ENOSPC or EDQUOT, or a library's
+    own write error (torch.save raises RuntimeError "file write failed") while the file system has no space left."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(error, RuntimeError) and "write" in str(error):
+        try:
+            info = os.statvfs(folder)
+        except OSError:
+            return False
+        return info.f_bavail * info.f_frsize < 1 << 20
+    return False
+
+
 def exit_code(error: BaseException) -> int:
     """The exit code for an error that ended a command (see the module docstring)."""
     if isinstance(error, DataError):
@@ -48,7 +66,7 @@ def describe(error: BaseException) -> str:
     """An error as one line: its message, or for anything we did not raise ourselves its type too."""
     if isinstance(error, MemoryError):
         text = "out of memory; use smaller inputs (images, batch size, classes) or a machine with more memory"
-    elif isinstance(error, ValueError | OSError):
+    elif isinstance(error, ValueError | OSError | FloatingPointError):
         text = str(error) or type(error).__name__
     else:
         text = f"{type(error).__name__}: {error} (unexpected; rerun with --debug for the traceback and report it)"

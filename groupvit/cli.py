@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -691,20 +694,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     debug = args.debug or os.environ.get("GROUPVIT_DEBUG", "0") not in ("", "0")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _sigterm_interrupts():
         warnings.showwarning = _one_line_warning(args.command)
         try:
             return args.run(args) or 0
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM; the command says what it kept, if anything
             if debug:
                 raise
-            print(f"groupvit {args.command}: interrupted", file=sys.stderr)
+            print(f"groupvit {args.command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
             return 130
         except Exception as e:  # one line and an exit code instead of a traceback (groupvit/checks.py)
             if debug:
                 raise
             print(f"groupvit {args.command}: error: {describe(e)}", file=sys.stderr)
             return exit_code(e)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (kill, service managers) stops a command as Ctrl-C does: temporary files are removed and what is kept
+    (a partial download) is said. Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line_warning(command: str):

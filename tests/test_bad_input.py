@@ -890,3 +890,159 @@ def test_a_zip_bomb_checkpoint_is_refused_from_its_directory(inputs, tmp_path, c
         line = refused(argv, capsys)
         assert re.search(r"bomb\.pth declares 4 GB of records in a [\d,]+ bytes file \(a zip bomb\?\)", line), line
     assert not opened
+
+
+def fill_the_disk(monkeypatch, error: BaseException) -> None:
+    """Every checkpoint writer (torch.save, safetensors' save_file) writes part of its file, then fails as on a full
+    disk."""
+    import groupvit.checkpoint
+
+    def half(original):
+        def write(obj, path, *args, **kwargs):
+            Path(path).write_bytes(b"half a file")
+            raise error
+
+        return write
+
+    monkeypatch.setattr(torch, "save", half(torch.save))
+    monkeypatch.setattr(groupvit.checkpoint, "save_file", half(groupvit.checkpoint.save_file))
+
+
+DISK_FULL = {
+    "convert": ("convert {in}/model.safetensors {tmp}/m.safetensors", "m.safetensors"),
+    "convert-nvlabs": ("convert {in}/model.safetensors {tmp}/m.pth --to nvlabs", "m.pth"),
+    "convert-hf": ("convert {in}/model.safetensors {tmp}/hf --to hf", "model.safetensors"),
+    "train": (TRN + " --steps 2 --save-every 1", "checkpoint.pt"),
+}
+
+
+@pytest.mark.parametrize("error", ["ENOSPC", "torch-write-failed"])
+@pytest.mark.parametrize("command", list(DISK_FULL))
+def test_a_full_disk_is_said_in_one_line_and_leaves_nothing_half_written(command, error, inputs, tmp_path, capsys,
+                                                                         monkeypatch):  # fmt: skip
+    """Class 6: a disk that fills during convert or train's checkpoint save: one line saying so and which file, exit
+    1, no temporary or half-written file left. torch.save reports a full disk as a RuntimeError: that is recognised
+    from the file system's free space."""
+    import errno
+
+    if error == "ENOSPC":
+        fill_the_disk(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    else:
+        fill_the_disk(monkeypatch, RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed"))
+        monkeypatch.setattr(os, "statvfs", lambda folder: os.statvfs_result((4096,) * 2 + (0,) * 8))
+    argv, name = DISK_FULL[command]
+    line = refused(argv_of(argv, tmp=tmp_path, **{"in": inputs}), capsys, EXIT_DATA)
+    assert re.search(rf"error: the disk is full: no space left to write .*{re.escape(name)}; nothing was written", line)
+    left = [p.name for p in tmp_path.rglob("*") if p.is_file() and "tensorboard" not in p.parts]
+    assert not [n for n in left if n.endswith(".tmp") or n in (name, "checkpoint.prev.pt")], left
+
+
+def test_a_non_finite_loss_says_what_is_kept(inputs, tmp_path, capsys):
+    """Class 6: a run that diverges stops saying whether a checkpoint was kept, and leaves no train_config.json when
+    nothing was saved. An lr of 1e30 makes the loss non-finite at the step after the first update."""
+    argv = argv_of(TRN + " --steps 4 lr=1e30 warmup_lr=1e30", tmp=tmp_path, **{"in": inputs})
+    line = refused(argv, capsys, EXIT_DATA)
+    assert re.search(r"non-finite loss at step 1 .*; stopped\. No checkpoint was written; start again", line), line
+    assert "report it" not in line and not (tmp_path / "run" / "train_config.json").exists()
+    line = refused([*argv, "--overwrite", "--save-every", "1"], capsys, EXIT_DATA)
+    assert re.search(r"The last good checkpoint \(.*checkpoint\.pt\) is kept; resume from it", line), line
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["step"] == 1 and (tmp_path / "run" / "train_config.json").is_file()
+
+
+def test_int8_weights_and_nonsense_scene_options_are_named(inputs, tmp_path, capsys):
+    """Class 6: weights of the right shapes but an integer dtype, and scene options out of range, get a message
+    about what is wrong instead of load_state_dict's or numpy's."""
+    from safetensors.torch import load_file
+
+    weights = load_file(inputs / "model.safetensors")
+    quantised = {k: v.to(torch.int8) if v.is_floating_point() else v for k, v in weights.items()}
+    save_file(quantised, tmp_path / "int8.safetensors")
+    for argv in (["info", "--checkpoint", str(tmp_path / "int8.safetensors")],
+                 ["convert", str(tmp_path / "int8.safetensors"), str(tmp_path / "m.safetensors")]):  # fmt: skip
+        line = refused(argv, capsys)
+        assert re.search(r"tensors have the right shapes but another kind of number, e\.g\. logit_scale is "
+                         r"torch\.int8, .*; GroupViT's weights are floating point", line), line  # fmt: skip
+    for scene, message in (("max_objects=-1", r"max_objects=-1 must be an integer from 1 to 20"),
+                           ("size=0", r"size=0 must be an integer from 16"),
+                           ("object_scale=[0.5,2]", r"object_scale=\[0\.5, 2\] must be \[low, high\]"),
+                           ("same_class=1.5", r"same_class=1\.5 must be a probability")):  # fmt: skip
+        line = refused(["demo", "--scenes-only", "1", "--out", str(tmp_path / "s"), "--scene", scene], capsys)
+        assert re.search(rf"scene options: {message}", line), line
+    assert not (tmp_path / "s").exists()
+
+
+def test_sigterm_during_download_says_the_part_is_kept(tmp_path):
+    """Class 6: SIGTERM while `download` fetches an NVlabs file (from a local server that stalls after 64 KiB) exits
+    130 with a word that the .part file is kept to resume, and keeps it."""
+    import http.server
+    import signal
+    import threading
+    import time
+
+    release = threading.Event()
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(10 << 20))
+            self.end_headers()
+            self.wfile.write(b"\0" * (64 << 10))
+            self.wfile.flush()
+            release.wait(60)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(GROUPVIT_CACHE=str(tmp_path), GROUPVIT_NVLABS_URL=f"http://127.0.0.1:{server.server_port}",
+               OMP_NUM_THREADS="1", GROUPVIT_DEBUG="0")  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "groupvit", "download", "gcc_yfcc@nvlabs"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        part = tmp_path / "pretrained" / "group_vit_gcc_yfcc_30e-879422e0.pth.part"
+        deadline = time.monotonic() + 120
+        while not (part.is_file() and part.stat().st_size >= 64 << 10) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        release.set()
+        server.shutdown()
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert re.search(r"groupvit download: interrupted; the partial download \(65,536 bytes, .*\.pth\.part\) is kept; "
+                     r"run the same command again to resume it", err), err  # fmt: skip
+    assert part.stat().st_size == 64 << 10
+
+
+def test_the_app_logs_a_failed_request_as_one_line(inputs, tmp_path, capsys, monkeypatch):
+    """Class 6: a request the model fails on (out of memory, an unexpected error) is one line in the server log and
+    a message on the page, no traceback."""
+    import gradio as gr
+
+    from groupvit.app import SegmentationApp
+    from groupvit.segmentation import ZeroShotSegmenter
+
+    app = SegmentationApp(groupvit.load_model(inputs / "model.safetensors"), "small", None, tmp_path)
+    shutil.copy(inputs / "ok.png", tmp_path / "ok.png")
+    for error in (MemoryError(), RuntimeError("CUDA error: an illegal memory access was encountered")):
+
+        def fail(self, image, error=error):
+            raise error
+
+        monkeypatch.setattr(ZeroShotSegmenter, "__call__", fail)
+        with pytest.raises(gr.Error) as failed:
+            app.segment(str(tmp_path / "ok.png"), "cat", 0.5, "whole")
+        assert failed.value.print_exception is False
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "groupvit app: failed a request: out of memory; use smaller inputs (images, batch size, classes) or a machine "
+        "with more memory",
+        "groupvit app: failed a request: RuntimeError: CUDA error: an illegal memory access was encountered "
+        "(unexpected; rerun with --debug for the traceback and report it)",
+    ]
+    assert "Traceback" not in err

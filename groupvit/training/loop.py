@@ -315,9 +315,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
                 if world > 1:  # every rank stops together instead of waiting on one that stopped
                     dist.all_reduce(finite, op=dist.ReduceOp.MIN)
                 if not finite.item():
+                    saved = (out / CHECKPOINT).is_file()
+                    if main and not saved:  # nothing trained: leave no settings of a run that does not exist
+                        (out / "train_config.json").unlink(missing_ok=True)
+                    kept = (f"The last good checkpoint ({out / CHECKPOINT}) is kept; resume from it with --resume, "
+                            "perhaps with a lower lr" if saved else "No checkpoint was written; start again with a "
+                            "lower lr")  # fmt: skip
                     raise FloatingPointError(
-                        f"non-finite loss at step {step} (this rank: {loss.item()}); stopped. The last good checkpoint "
-                        f"({out / CHECKPOINT}) is kept; resume from it with --resume, perhaps with a lower lr"
+                        f"non-finite loss at step {step} (this rank: {loss.item()}); stopped. {kept}"
                     )
                 (loss / cfg.accum_steps).backward()
             seen += images.shape[0] * world
