@@ -510,6 +510,9 @@ def specials(inputs, tmp_path_factory) -> Path:
     (root / "zero.csv").write_text("/dev/zero,a cat\n")
     shutil.copy(inputs / "notes.jpg", root / "notes.jpg")
     (root / "notimage.csv").write_text("notes.jpg,a dog\n")
+    image = write_tiny_voc(root / "voc") / "JPEGImages" / "2007_000032.jpg"
+    image.unlink()
+    os.mkfifo(image)
     return root
 
 
@@ -597,6 +600,7 @@ SPECIAL_INPUTS = {
     "classify/image": (CLS.replace("{in}/ok.png", "{sp}/fifo.png"), U, r"image .*fifo\.png is a FIFO"),
     "classify/checkpoint": (CLS.replace("{in}/model.safetensors", "{sp}/fifo.pth"), U, r"fifo\.pth is a FIFO"),
     "eval/checkpoint": (EVAL.replace("{in}/model.safetensors", "{sp}/fifo.pth"), U, r"fifo\.pth is a FIFO"),
+    "eval/dataset-image": (EVAL.replace("{in}/voc/", "{sp}/voc/"), U, r"image .*2007_000032\.jpg is a FIFO"),
     "info/checkpoint": ("info --checkpoint {sp}/fifo.pth", U, r"fifo\.pth is a FIFO"),
     "info/config": ("info {sp}/fifo.yaml", U, r"config file .*fifo\.yaml is a FIFO"),
     "convert/src": ("convert {sp}/fifo.pth {tmp}/m.safetensors", U, r"fifo\.pth is a FIFO"),
