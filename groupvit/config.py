@@ -177,7 +177,17 @@ def dataclass_from_dict(kind: type, values: dict[str, Any], overrides: Sequence[
     unknown = sorted((k for k in values if k not in fields), key=str)
     if unknown:
         raise ValueError(f"unknown keys in {what}: {unknown}{where.get(unknown[0], '')}; known: {fields}")
-    return kind(**values)
+    return kind(**{k: plain(v) for k, v in values.items()})
+
+
+def plain(value: Any) -> Any:
+    """`value` with every `Settings` mapping in it made a plain dict (a config pickled into a checkpoint must load
+    with torch.load(weights_only=True), which knows dicts, not our class)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
 
 
 class Settings(dict):

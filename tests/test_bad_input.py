@@ -704,7 +704,7 @@ def test_non_finite_overrides_are_refused(override, inputs, tmp_path, capsys):
 def test_train_uses_the_model_section_of_its_config(inputs, tmp_path, capsys):
     """A training config with a model section trains that model (as `info FILE` shows it), not the default."""
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({**TINY_MODEL, "train": {"steps": 1, "batch_size": 4}}))
+    config.write_text(yaml.safe_dump({**TINY_MODEL, "train": {"steps": 1, "batch_size": 4, "extra": {"a": {"b": 1}}}}))
     assert main(["train", "--config", str(config), "--data", str(inputs / "pairs.csv"), "--out", str(tmp_path / "run"),
                  *TRAIN]) == 0  # fmt: skip
     assert main(["info", str(config)]) == 0
@@ -712,6 +712,9 @@ def test_train_uses_the_model_section_of_its_config(inputs, tmp_path, capsys):
     from groupvit.config import GroupViTConfig
 
     assert groupvit.load_model(tmp_path / "run" / "model.safetensors").config == GroupViTConfig.from_yaml(config)
+    # the strict reader's mappings are plain dicts in the checkpoint, which then loads with weights_only
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["train_config"]["extra"] == {"a": {"b": 1}}
 
 
 STRICT_JSON = {
