@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import load_model
+from .checks import describe
 from .image import load_image
 from .model import GroupViT
 from .naming import Naming, background_words
@@ -123,8 +124,9 @@ def legend_html(class_names: Sequence[str], labels: np.ndarray) -> str:
 
 
 def one_line_refusals(handler):
-    """Wrap a page handler: a refused request (gr.Error, or a ValueError about the input) is shown on the page and
-    logged on the server as one line, instead of the traceback gradio prints for every error."""
+    """Wrap a page handler: a refused request (gr.Error, or a ValueError about the input) and a request that failed
+    (out of memory, anything unexpected) are shown on the page and logged on the server as one line each, instead
+    of the traceback gradio prints for every error."""
 
     @functools.wraps(handler)
     def wrapped(*args, **kwargs):
@@ -134,6 +136,9 @@ def one_line_refusals(handler):
             message = e.message if isinstance(e, gr.Error) else str(e)
             print(f"groupvit app: refused a request: {' '.join(str(message).split())}", flush=True)
             raise gr.Error(message, print_exception=False) from None
+        except Exception as e:  # MemoryError, a RuntimeError of the model, ...
+            print(f"groupvit app: failed a request: {describe(e)}", flush=True)
+            raise gr.Error(describe(e), print_exception=False) from None
 
     return wrapped
 

@@ -26,7 +26,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import GroupViTConfig, TextConfig, VisionConfig, list_presets, model_config
+from .checks import DiskFull, check_memory, disk_full, file_size, input_file, output_target
+from .config import GroupViTConfig, TextConfig, VisionConfig, list_presets, model_config, parse_json, read_json
 from .model import GroupViT
 from .settings import TestSettings
 
@@ -153,6 +154,11 @@ def import_state_dict(source: dict[str, torch.Tensor], model: GroupViT, layout: 
     ignorable = {"text_model.embeddings.position_ids"}
     unexpected = sorted(k for k in source if k not in used and k not in ignorable)
     _raise_if_incompatible(missing, mismatched, unexpected)
+    kinds = [f"{k} is {v.dtype}" for k, v in out.items() if v.is_floating_point() != expected[k].is_floating_point()]
+    if kinds:
+        raise CheckpointError(f"{len(kinds)} tensors have the right shapes but another kind of number, e.g. "
+                              f"{', '.join(kinds[:3])}; GroupViT's weights are floating point (float32, float16 or "
+                              "bfloat16): dequantise quantised weights first")  # fmt: skip
     return out
 
 
@@ -386,11 +392,30 @@ def _pickle_globals(path: Path) -> list[str]:
     return names
 
 
+def _check_declared_sizes(path: Path) -> None:
+    """Refuse a zip checkpoint whose records declare far more bytes than the file holds (a zip bomb: torch.save
+    stores records uncompressed) or than memory can take, from its directory, before any record is inflated."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"cannot read {path}: truncated or not a PyTorch checkpoint ({e})") from None
+    on_disk = path.stat().st_size
+    if declared > 4 * on_disk + (64 << 20):
+        raise CheckpointError(f"{path} declares {file_size(declared)} of records in a {file_size(on_disk)} file (a "
+                              "zip bomb?); refusing to inflate it")  # fmt: skip
+    try:
+        check_memory(declared, f"reading {path}", "use a machine with more memory")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
 def safe_torch_load(path: str | Path) -> Any:
     """torch.load with `weights_only=True`; objects of unknown classes (e.g. an OmegaConf config in a
     training checkpoint) load as inert placeholders instead of running their code."""
     path = Path(path)
     if zipfile.is_zipfile(path):
+        _check_declared_sizes(path)
         try:
             unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception as e:  # a damaged zip directory
@@ -433,21 +458,19 @@ def _state_dict_from_pickle(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+        data = read_json(path, "config")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a transformers config")
     return data
 
 
-def _json_metadata(text: str | None, path: Path) -> Any:
+def _json_metadata(text: str | None, path: Path, what: str = "the config") -> Any:
     try:
-        return json.loads(text or "")
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: the config in its metadata is not valid JSON ({e.msg})") from None
+        return parse_json(text or "", f"{path}: {what} in its metadata")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # What transformers' config cannot hold; config.json's `CONFIG_KEY` entry gives it back.
@@ -493,20 +516,24 @@ def read_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], GroupViTConfig, str]:
     """Any supported checkpoint -> (state dict in our layout, checked against the config's model; config; layout)."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         config_file = path / "config.json"
-        if not config_file.is_file():
+        if not os.path.lexists(config_file):
             raise CheckpointError(f"{path} is a directory without config.json; expected a transformers GroupViT folder")
         hf_config = _read_json(config_file)
         if hf_config.get("model_type") != "groupvit":
             raise CheckpointError(f"{config_file} has model_type {hf_config.get('model_type')!r}, not 'groupvit'")
-        weights = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+        weights = [path / n for n in ("model.safetensors", "pytorch_model.bin") if os.path.lexists(path / n)]
         if not weights:
             raise CheckpointError(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin")
         config = config or _hf_config(hf_config, config_file)  # checked before the weights are read
         path = weights[0]
+    try:
+        input_file(path, "checkpoint")  # a FIFO would block the reader, a device never end
+    except (OSError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
     stored = None  # our config, when the file carries it
     if path.suffix == ".safetensors":
         source, metadata = _read_safetensors(path)
@@ -536,7 +563,13 @@ def read_checkpoint(
         cfg = _inferred_config(source, layout, path)
     with torch.device("meta"):
         skeleton = GroupViT(cfg)
-    return import_state_dict(source, skeleton, layout), cfg, layout
+    state = import_state_dict(source, skeleton, layout)
+    damaged = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if damaged:
+        raise CheckpointError(f"{path}: {len(damaged)} tensors hold NaN or infinite values, e.g. "
+                              f"{', '.join(damaged[:3])}; the weights are damaged (from a run that diverged?) and "
+                              "would answer nonsense")  # fmt: skip
+    return state, cfg, layout
 
 
 def load_model(
@@ -575,14 +608,17 @@ def read_test_settings(path: str | Path) -> TestSettings | None:
         raise CheckpointError(f"cannot read {path} as safetensors; it may be truncated ({e})") from None
     if text is None:
         return None
+    stored = _json_metadata(text, path, "the test settings")
     try:
-        return TestSettings.from_dict(json.loads(text))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        return TestSettings.from_dict(stored)
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: the test settings in its metadata are not valid ({e})") from None
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder and rename it into place."""
+    """Write through a temporary file in the same folder and rename it into place; never over something that is not a
+    regular file (a device, FIFO, socket or folder)."""
+    output_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -592,8 +628,12 @@ def atomic_write(path: Path, write: Any) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = disk_full(e, path.parent)  # asked before the temporary file frees its space
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise DiskFull(f"the disk is full: no space left to write {path}; nothing was written there (an earlier "
+                           "file of that name is as it was); free some space and run again") from None  # fmt: skip
         raise
 
 

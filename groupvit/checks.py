@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
@@ -18,10 +20,36 @@ from pathlib import Path
 
 EXIT_DATA = 1
 EXIT_USAGE = 2
+# Bounds of the size-like options: past them a request is refused before any work (each option's --help says its).
+MAX_SHORT_SIDE = 2048  # the protocol's resize caps the long side at 2048 anyway (groupvit.image.rescale_size)
+MAX_CROP_BATCH = 256  # crops per encoder batch
+MAX_TRAIN_BATCH = 8192  # images per process and step
+MAX_COUNT = 10_000_000  # steps, images, intervals
+MAX_SCENES = 1_000_000  # SynthVOC scenes to generate
+MAX_WORKERS = 256  # processes
+MAX_MINUTES = 7 * 24 * 60  # a week
 
 
 class DataError(ValueError):
     """Input data (images, captions, label files, shards) that cannot be used: exit code 1, not 2."""
+
+
+class DiskFull(OSError):
+    """The disk filled while a file was written (its temporary file is removed): exit code 1."""
+
+
+def disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether `error`, raised while writing in `folder`, means the disk is full: ENOSPC or EDQUOT, or a library's
+    own write error (torch.save raises RuntimeError "file write failed") while the file system has no space left."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(error, RuntimeError) and "write" in str(error):
+        try:
+            info = os.statvfs(folder)
+        except OSError:
+            return False
+        return info.f_bavail * info.f_frsize < 1 << 20
+    return False
 
 
 def exit_code(error: BaseException) -> int:
@@ -38,7 +66,7 @@ def describe(error: BaseException) -> str:
     """An error as one line: its message, or for anything we did not raise ourselves its type too."""
     if isinstance(error, MemoryError):
         text = "out of memory; use smaller inputs (images, batch size, classes) or a machine with more memory"
-    elif isinstance(error, ValueError | OSError):
+    elif isinstance(error, ValueError | OSError | FloatingPointError):
         text = str(error) or type(error).__name__
     else:
         text = f"{type(error).__name__}: {error} (unexpected; rerun with --debug for the traceback and report it)"
@@ -74,6 +102,49 @@ def positive_float(text: str) -> float:
     return value
 
 
+def at_most(limit: int, least: int = 1, kind: type = int):
+    """argparse type: an integer from `least` (default 1) to `limit`, or with kind=float a number above 0 up to
+    `limit`. The parser adds "(at most LIMIT)" to the option's help (`say_limits`), so every size a command takes
+    has a bound it states."""
+
+    def parse(text: str) -> int | float:
+        value = positive_float(text) if kind is float else _number(text, int)
+        if value < least and kind is int:
+            raise argparse.ArgumentTypeError(f"{value} is not a positive integer (1 or more)" if least == 1 else
+                                             f"{value} is under {least}")  # fmt: skip
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{value:,g} is over the limit of {limit:,}")
+        return value
+
+    parse.limit = limit
+    return parse
+
+
+def weight(text: str) -> float:
+    """argparse type: a loss weight, a finite number from 0 to WEIGHT_LIMIT."""
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is negative; a loss weight is 0 or more")
+    if value > WEIGHT_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value:g} is over the limit of {WEIGHT_LIMIT:,}")
+    return value
+
+
+WEIGHT_LIMIT = 100
+weight.limit = WEIGHT_LIMIT
+
+
+def say_limits(parser: argparse.ArgumentParser) -> None:
+    """Add "(at most LIMIT)" to the help of every option (of every subcommand) whose type has a limit."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                say_limits(sub)
+        elif hasattr(action.type, "limit") and "at most" not in (action.help or ""):
+            limit = f"at most {action.type.limit:,}"
+            action.help = f"{action.help} ({limit})" if action.help else limit
+
+
 def unit_float(text: str) -> float:
     """argparse type: a number in [0, 1] (background thresholds)."""
     value = _number(text, float)
@@ -88,6 +159,71 @@ def port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
     return value
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (MemAvailable), or None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def check_memory(need: int, what: str, hint: str) -> None:
+    """Refuse, before the work starts, `what` when it needs more bytes than the machine has available."""
+    free = available_memory()
+    if free is not None and need > free:
+        raise ValueError(f"{what} needs about {file_size(need)} of memory, more than the {file_size(free)} available; "
+                         f"{hint}")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- files, checked with stat first
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode is, in words: 'a FIFO (named pipe)', 'a character device', ..."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def file_size(size: int) -> str:
+    """A byte count in words: '812 bytes', '3.4 MB', '22 GB'."""
+    return f"{size:,} bytes" if size < 10**6 else f"{size / 1e6:.3g} MB" if size < 10**9 else f"{size / 1e9:.3g} GB"
+
+
+def input_file(path: str | Path, what: str = "file", max_bytes: int | None = None) -> Path:
+    """Check, with stat before anything opens it, a file a command reads: it exists, it is a regular file (a FIFO
+    blocks its reader and a device such as /dev/zero never ends) and it holds at most `max_bytes`."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {path} ({e.strerror or e})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{what} {path} is {file_kind(info.st_mode)}, not a file")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise ValueError(f"{what} {path} is {file_size(info.st_size)}, over the limit of {file_size(max_bytes)}")
+    return path
+
+
+def output_target(path: str | Path, option: str = "") -> None:
+    """Refuse to write over an existing path that is not a regular file (a device, FIFO, socket or folder), with or
+    without --overwrite: the rename that replaces a file would, as root, swap out a /dev node."""
+    try:
+        mode = os.stat(path).st_mode  # a link to a device is refused too
+    except OSError:  # nothing there (or a dangling link, which the rename replaces)
+        return
+    if not stat.S_ISREG(mode):
+        name = f"{option} {path}" if option else str(path)
+        raise ValueError(f"{name} is {file_kind(mode)}, not a regular file; refusing to replace it, choose another "
+                         "name")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- output paths
@@ -116,6 +252,7 @@ def output_file(path: str | Path, option: str = "--out", overwrite: bool = False
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{option} {path} is a folder; give a file name, e.g. {path / 'results.json'}")
+    output_target(path, option)
     if path.exists() and not overwrite:
         raise ValueError(f"{option} {path} exists; pass --overwrite to replace it, or choose another name")
     _writable(path.parent, option, path)
@@ -135,6 +272,8 @@ def output_dir(
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} is a file, not a folder; choose a folder name")
     _writable(path, option, path)
+    for name in names if path.is_dir() else ():
+        output_target(path / name, option)
     taken = [n for n in names if (path / n).exists()] if not overwrite and path.is_dir() else []
     if taken:
         more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
@@ -155,14 +294,14 @@ def checkpoint_target(path: str | Path, layout: str, overwrite: bool = False) ->
     return output_file(path, "DST", overwrite)
 
 
-def input_files(paths: Iterable[str | Path], what: str = "image") -> list[Path]:
-    """Check that every input file exists (all are named in one message)."""
+def input_files(paths: Iterable[str | Path], what: str = "image", max_bytes: int | None = None) -> list[Path]:
+    """Check that every input file exists (all missing ones are named in one message) and is a regular file."""
     paths = [Path(p) for p in paths]
-    missing = [str(p) for p in paths if not p.is_file()]
+    missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise FileNotFoundError(f"{what} not found: {', '.join(missing[:3])}{more}")
-    return paths
+    return [input_file(p, what, max_bytes) for p in paths]
 
 
 # --------------------------------------------------------------------------- training data
@@ -175,7 +314,14 @@ def check_training_data(data: str, samples: int = 256) -> None:
     import itertools
     import random
 
-    from .training.data import decode_caption, decode_image, decode_samples, expand_shards, read_pairs_table
+    from .training.data import (
+        decode_caption,
+        decode_image,
+        decode_samples,
+        expand_shards,
+        read_image_file,
+        read_pairs_table,
+    )
 
     problems: Counter[str] = Counter()
     example: dict[str, str] = {}
@@ -189,11 +335,15 @@ def check_training_data(data: str, samples: int = 256) -> None:
                 example.setdefault("caption", f"{e} for {image_path.name}")
                 continue
             try:
-                decode_image(image_path.read_bytes())
+                decode_image(read_image_file(image_path))
                 return
-            except Exception as e:  # missing, unreadable, truncated or not an image at all
+            except FileNotFoundError:
                 problems["image"] += 1
-                example.setdefault("image", f"{image_path} {'is missing' if isinstance(e, OSError) else 'is broken'}")
+                example.setdefault("image", f"{image_path} is missing")
+            except (OSError, ValueError) as e:  # a device or FIFO, too large, unreadable, not an image, truncated
+                problems["image"] += 1
+                text = describe(e)
+                example.setdefault("image", text if str(image_path) in text else f"{image_path} {text}")
         where = f"{len(rows)} rows"
     else:
         import webdataset as wds

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .checks import check_memory
 from .data.augment import eval_transform
 from .image import ImageInput, load_image
 from .model import GroupViT
@@ -33,6 +34,7 @@ class ZeroShotClassifier:
         self.text_embeds = class_text_embeddings(model, self.class_names, get_templates(templates))  # [C, D]
         size = model.config.vision.image_size
         short_side = short_side or int(size * 256 / 224)
+        self.short_side = short_side
         self.transform = eval_transform(min(size, short_side), resize=short_side)
 
     @torch.no_grad()
@@ -44,7 +46,12 @@ class ZeroShotClassifier:
     @torch.no_grad()
     def __call__(self, image: ImageInput, top: int = 5) -> list[tuple[str, float]]:
         """Top classes of one image with softmax probabilities (at the model's logit scale)."""
-        logits = self.logits(self.transform(Image.fromarray(load_image(image)))[None])[0]
+        rgb = load_image(image)
+        height, width = rgb.shape[:2]
+        factor = self.short_side / min(height, width)  # the resize before the centre crop
+        check_memory(round(height * factor) * round(width * factor) * 3 * 2, f"a {width}x{height} image resized to a "
+                     f"short side of {self.short_side}", "choose a smaller short side")  # fmt: skip
+        logits = self.logits(self.transform(Image.fromarray(rgb))[None])[0]
         probs = (logits * self.model.logit_scale_value()).softmax(dim=-1)
         best = probs.topk(min(top, len(self.class_names)))
         return [(self.class_names[i], float(p)) for p, i in zip(best.values, best.indices, strict=True)]

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from .checkpoint import atomic_write
 from .checks import (
+    MAX_COUNT,
+    MAX_CROP_BATCH,
+    MAX_MINUTES,
+    MAX_SCENES,
+    MAX_SHORT_SIDE,
+    MAX_TRAIN_BATCH,
+    MAX_WORKERS,
+    at_most,
     checkpoint_target,
     describe,
     exit_code,
@@ -20,11 +31,13 @@ from .checks import (
     output_dir,
     output_file,
     port,
-    positive_float,
-    positive_int,
+    say_limits,
     unit_float,
+    weight,
 )
 from .config import GROUPING_INITS, list_presets
+from .image import MAX_PIXELS
+from .segmentation import MAX_CLASSES, MAX_SEGMENT_CLASSES
 
 # What `segment` writes per image, after the image's name.
 SEGMENT_OUTPUTS = ("_overlay.png", "_labels.png", "_groups.png", ".json")
@@ -218,9 +231,9 @@ def _train(args: argparse.Namespace) -> int:
     from .training.config import TrainConfig
     from .training.loop import CHECKPOINT, PREVIOUS_CHECKPOINT, train
 
-    names = () if args.resume else (CHECKPOINT, PREVIOUS_CHECKPOINT, "model.safetensors")
+    names = (CHECKPOINT, PREVIOUS_CHECKPOINT, "model.safetensors", "train_config.json")
     again = "pass --resume to continue that run, --overwrite to start again, or choose another folder"
-    output_dir(args.out, names=names, overwrite=args.overwrite, hint=again)
+    output_dir(args.out, names=names, overwrite=args.overwrite or args.resume, hint=again)
     overrides = list(args.overrides)
     for key in ("data", "steps", "batch_size", "save_every"):
         value = getattr(args, key)
@@ -237,8 +250,9 @@ def _prepare_nouns(args: argparse.Namespace) -> int:
     from .data.nouns import prepare_nouns
     from .training.data import expand_shards
 
-    output_dir(args.out)
-    stats = prepare_nouns(expand_shards(args.shards), args.out, tagger=args.tagger, num_workers=args.workers,
+    shards = expand_shards(args.shards)
+    output_dir(args.out, names=[Path(s).name for s in shards] + ["nouns.json"], overwrite=True)  # special files only
+    stats = prepare_nouns(shards, args.out, tagger=args.tagger, num_workers=args.workers,
                           skip_existing=args.skip_existing)  # fmt: skip
     print(json.dumps(stats.as_dict(), indent=2))
     return 0
@@ -420,7 +434,7 @@ def _add_naming_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--background-thresholds", metavar="FILE",
                    help="one threshold per class instead of one for all: JSON {class: threshold}, or the JSON of "
                    "`groupvit eval --calibrate-background N --per-class-thresholds`")  # fmt: skip
-    g.add_argument("--top-k", type=positive_int, default=5, metavar="K",
+    g.add_argument("--top-k", type=at_most(MAX_SEGMENT_CLASSES), default=5, metavar="K",
                    help="groups may only take the image's K best classes by pooled score (official: 5; a K of at "
                    "least the class count keeps every class)")  # fmt: skip
     g.add_argument("--gate", type=unit_float, metavar="P",
@@ -432,8 +446,14 @@ def _add_naming_options(p: argparse.ArgumentParser) -> None:
 
 
 def _thresholds(text: str) -> list[float]:
-    """argparse type: comma-separated thresholds in [0, 1]."""
-    return [unit_float(t) for t in text.split(",")]
+    """argparse type: comma-separated thresholds in [0, 1], at most `_thresholds.limit` of them."""
+    values = [unit_float(t) for t in text.split(",")]
+    if len(values) > _thresholds.limit:
+        raise argparse.ArgumentTypeError(f"{len(values)} thresholds are over the limit of {_thresholds.limit}")
+    return values
+
+
+_thresholds.limit = 101  # 0 to 1 by 0.01
 
 
 def _naming(args: argparse.Namespace):
@@ -449,7 +469,7 @@ def _add_test_size_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["slide", "whole"],
                    help="slide (crops at a stride: the official protocol) or whole (one pass); default: the model's "
                    "test setting")  # fmt: skip
-    p.add_argument("--short-side", type=positive_int, metavar="N",
+    p.add_argument("--short-side", type=at_most(MAX_SHORT_SIDE), metavar="N",
                    help="resize images to this short side (default: the model's test setting: 448 for the released "
                    "224-pixel models, the training size of SynthVOC models)")  # fmt: skip
 
@@ -469,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="SynthVOC: train on captions only, then segment zero-shot (minutes on a CPU)")
-    p.add_argument("--minutes", type=positive_float, default=10.0, help="training time budget (default: 10)")
+    p.add_argument("--minutes", type=at_most(MAX_MINUTES, kind=float), default=10.0,
+                   help="training time budget (default: 10)")  # fmt: skip
     p.add_argument(
         "--out", default="synthvoc_demo", help="results.json, report.html, checkpoint (default: synthvoc_demo)"
     )
@@ -493,11 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="contrastive losses as the paper (softmax) or SigLIP's pairwise sigmoid (fast)")  # fmt: skip
     p.add_argument("--noun-positives", choices=["own", "shared"],
                    help="noun prompt positive for its own image (paper) or all whose caption has the noun")  # fmt: skip
-    p.add_argument("--deep-noun-loss", type=float, metavar="WEIGHT",
+    p.add_argument("--deep-noun-loss", type=weight, metavar="WEIGHT",
                    help="weight of a token-level noun loss on the patch tokens before grouping (paper: 0)")  # fmt: skip
     p.add_argument("--deep-noun-decay", action=argparse.BooleanOptionalAction,
                    help="decay the deep noun loss linearly to zero over the run")  # fmt: skip
-    p.add_argument("--mosaic-loss", type=float, metavar="WEIGHT",
+    p.add_argument("--mosaic-loss", type=weight, metavar="WEIGHT",
                    help="weight of a loss on 2x2 mosaics of the batch: each quadrant's groups against its source "
                    "caption and nouns (MixReorg-style; paper: 0)")  # fmt: skip
     p.add_argument("--noun-templates", choices=["full", "simple"],
@@ -509,16 +530,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode the training scenes once into memory, not streamed from shards (fast)")  # fmt: skip
     p.add_argument("--drop-boilerplate-nouns", action="store_true",
                    help="no noun prompts from caption filler: 'photo', 'background', 'is'... (variant)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-scenes", type=positive_int, default=20_000, help="training scenes to generate")
-    p.add_argument("--val-scenes", type=positive_int, default=500, help="validation scenes to generate and score")
-    p.add_argument("--workers", type=positive_int,
+    p.add_argument("--seed", type=at_most(2**31 - 1, least=0), default=0)
+    p.add_argument("--train-scenes", type=at_most(MAX_SCENES), default=20_000, help="training scenes to generate")
+    p.add_argument("--val-scenes", type=at_most(MAX_SCENES), default=500,
+                   help="validation scenes to generate and score")  # fmt: skip
+    p.add_argument("--workers", type=at_most(MAX_WORKERS),
                    help="processes for data generation and noun tagging (default: one per core)")  # fmt: skip
     p.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",
                    help="scene generator option over the preset's, repeatable: max_clutter=0, max_objects=2, "
                         "object_scale=[0.45,0.75] (data cached per setting)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
-    p.add_argument("--scenes-only", type=positive_int, metavar="N",
+    p.add_argument("--scenes-only", type=at_most(MAX_SCENES), metavar="N",
                    help="only write the first N validation scenes as PNGs (and captions.txt) to --out, to try "
                    "`groupvit segment --checkpoint synthvoc` on; no training")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="training config overrides as key=value, e.g. lr=2e-3")
@@ -569,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset background threshold: voc 0.95, context 0.35, coco_object 0.95")  # fmt: skip
     p.add_argument("--templates", default="simple", choices=["simple", "subset", "full"])
     p.add_argument("--refine", choices=["pamr"], help="optional PAMR refinement (not the official protocol)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="crops per encoder batch")
+    p.add_argument("--batch-size", type=at_most(MAX_CROP_BATCH), default=8, help="crops per encoder batch")
     _add_naming_options(p)
     _add_model_options(p)
     p.set_defaults(run=_segment)
@@ -578,9 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a training YAML, e.g. configs/gcc_yfcc_30e.yaml or configs/synth_cpu.yaml")
     p.add_argument("--data", help="shards like 'cc3m/{000000..000436}.tar' (several joined with ::) or a CSV/TSV")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.safetensors, tensorboard/")
-    p.add_argument("--steps", type=positive_int)
-    p.add_argument("--batch-size", type=positive_int, dest="batch_size", help="per process")
-    p.add_argument("--save-every", type=positive_int, dest="save_every")
+    p.add_argument("--steps", type=at_most(MAX_COUNT))
+    p.add_argument("--batch-size", type=at_most(MAX_TRAIN_BATCH), dest="batch_size", help="per process")
+    p.add_argument("--save-every", type=at_most(MAX_COUNT), dest="save_every")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt (from checkpoint.prev.pt if that one is damaged)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="start again in an --out holding a run (default: refuse)")
@@ -591,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shards", help="shards like 'cc3m/{000000..000436}.tar' (several joined with ::)")
     p.add_argument("--out", required=True, help="folder for the new shards (same names, plus nouns.json)")
     p.add_argument("--tagger", choices=["spacy", "pattern"], default="spacy")
-    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes, one tagger each")
+    p.add_argument("--workers", type=at_most(MAX_WORKERS), default=1, help="parallel processes, one tagger each")
     p.add_argument("--skip-existing", action="store_true", help="leave shards already written alone")
     p.set_defaults(run=_prepare_nouns)
 
@@ -601,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="the dataset folder, e.g. VOCdevkit/VOC2012 or imagenet/val")
     p.add_argument("--split", default="val")
     _add_test_size_options(p)
-    p.add_argument("--limit", type=positive_int, help="only the first N images")
+    p.add_argument("--limit", type=at_most(MAX_COUNT), help="only the first N images")
     p.add_argument("--out", help="write the results as JSON (miou, pixel_accuracy, per_class in percent)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (default: refuse)")
     p.add_argument("--oracle", action="store_true", help="also score groups named by their majority GT class")
@@ -609,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score recognition: each image's classes among its top-ranked class prompts")  # fmt: skip
     p.add_argument("--refine", choices=["pamr"], help="PAMR refinement (a protocol variant)")
     p.add_argument("--background-threshold", type=unit_float, help="override the dataset's threshold (a variant)")
-    p.add_argument("--calibrate-background", type=positive_int, metavar="N",
+    p.add_argument("--calibrate-background", type=at_most(MAX_COUNT), metavar="N",
                    help="pick the threshold on N images of --calibration-split (a variant)")  # fmt: skip
     p.add_argument("--calibration-split", default="train")
     p.add_argument("--calibration-grid", type=_thresholds, metavar="T1,T2,...",
@@ -620,7 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the JSON's naming.class_thresholds, reusable with --background-thresholds (a variant)")  # fmt: skip
     p.add_argument("--templates", choices=["simple", "subset", "full"],
                    help="prompt templates (default: simple for segmentation, subset for imagenet)")  # fmt: skip
-    p.add_argument("--batch-size", type=positive_int, default=8, help="crops per encoder batch")
+    p.add_argument("--batch-size", type=at_most(MAX_CROP_BATCH), default=8, help="crops per encoder batch")
     _add_naming_options(p)
     _add_model_options(p)
     p.set_defaults(run=_eval)
@@ -636,8 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--classes", required=True, help="comma-separated class names (at most 1000)")
     p.add_argument("--templates", default="subset", choices=["simple", "subset", "full"])
-    p.add_argument("--top", type=positive_int, default=5, help="classes listed per image (default: 5)")
-    p.add_argument("--short-side", type=positive_int, metavar="N",
+    p.add_argument("--top", type=at_most(MAX_CLASSES), default=5, help="classes listed per image (default: 5)")
+    p.add_argument("--short-side", type=at_most(MAX_SHORT_SIDE), metavar="N",
                    help="resize images to this short side, then centre-crop the model's training size (default: "
                    "256 for the released 224-pixel models, as the protocol; 256/224 of the training size)")  # fmt: skip
     _add_model_options(p)
@@ -649,15 +671,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=port, default=7860)
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when a GPU is visible, else cpu")
-    p.add_argument("--max-pixels", type=positive_int, default=40_000_000, help="largest upload, in pixels")
-    p.add_argument("--max-classes", type=positive_int, default=30, help="most class names per request (at most 255)")
-    p.add_argument("--max-upload-mb", type=positive_int, default=32, help="largest upload, in MiB")
-    p.add_argument("--short-side", type=positive_int, metavar="N",
+    p.add_argument("--max-pixels", type=at_most(MAX_PIXELS), default=40_000_000, help="largest upload, in pixels")
+    p.add_argument("--max-classes", type=at_most(MAX_SEGMENT_CLASSES), default=30,
+                   help="most class names per request")  # fmt: skip
+    p.add_argument("--max-upload-mb", type=at_most(1024), default=32, help="largest upload, in MiB")
+    p.add_argument("--short-side", type=at_most(MAX_SHORT_SIDE), metavar="N",
                    help="resize images to this short side (default: the model's test setting: 448 for the released "
                    "models, 64 for synthvoc)")  # fmt: skip
     p.set_defaults(run=_app)
     for p in sub.choices.values():  # --debug also after the subcommand; SUPPRESS keeps the top-level value
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    say_limits(parser)
     return parser
 
 
@@ -670,20 +694,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     debug = args.debug or os.environ.get("GROUPVIT_DEBUG", "0") not in ("", "0")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _sigterm_interrupts():
         warnings.showwarning = _one_line_warning(args.command)
         try:
             return args.run(args) or 0
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM; the command says what it kept, if anything
             if debug:
                 raise
-            print(f"groupvit {args.command}: interrupted", file=sys.stderr)
+            print(f"groupvit {args.command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
             return 130
         except Exception as e:  # one line and an exit code instead of a traceback (groupvit/checks.py)
             if debug:
                 raise
             print(f"groupvit {args.command}: error: {describe(e)}", file=sys.stderr)
             return exit_code(e)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (kill, service managers) stops a command as Ctrl-C does: temporary files are removed and what is kept
+    (a partial download) is said. Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line_warning(command: str):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,7 +18,13 @@ from typing import Any
 
 import yaml
 
+from .checks import input_file
+
 GROUPING_INITS = ("reference", "fan_in")  # VisionConfig.grouping_init
+MAX_CONFIG_BYTES = 1 << 20  # a YAML or JSON settings file (configs, thresholds, word lists)
+MAX_DEPTH = 32  # nesting of a settings file; ours need 3 (a deeper one would end in a RecursionError)
+# Top-level sections of a settings file: a model (`info`, `train`), training (`train`), scenes (`demo`).
+SECTIONS = ("model", "train", "scene")
 
 
 @dataclass
@@ -129,10 +137,10 @@ class GroupViTConfig:
     def from_dict(cls, data: dict[str, Any]) -> GroupViTConfig:
         if not isinstance(data, dict):
             raise ValueError(f"a model config holds key: value settings, got {data!r}")
-        data = dict(data)
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        where, data = data, dict(data)
+        unknown = sorted((k for k in data if k not in {f.name for f in dataclasses.fields(cls)}), key=str)
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            raise ValueError(f"unknown model config keys: {unknown}{located(where, unknown[0])}")
         vision = _build(VisionConfig, data.pop("vision", {}), "vision")
         text = _build(TextConfig, data.pop("text", {}), "text")
         return cls(vision=vision, text=text, **data)
@@ -145,8 +153,7 @@ class GroupViTConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> GroupViTConfig:
-        data = read_yaml(path)
-        return cls.from_dict(data.get("model", data))
+        return cls.from_dict(section(read_yaml(path), "model", path))
 
     def to_json(self) -> str:
         """`to_dict` as indented JSON (stored in our .safetensors metadata)."""
@@ -155,38 +162,120 @@ class GroupViTConfig:
 
 def dataclass_from_dict(kind: type, values: dict[str, Any], overrides: Sequence[str] = (), what: str = "config") -> Any:
     """`kind(**values)` after applying `key=value` overrides (values read as YAML: 0.5, [1, 2], true); unknown keys
-    are an error that lists the known ones."""
+    are an error that lists the known ones (and, for values read from a file, names its file and line)."""
     if not isinstance(values, dict):
         raise ValueError(f"{what}: expected key: value settings, got {values!r}")
+    where = {k: located(values, k) for k in values}
     values = dict(values)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"{what} override {item!r} is not key=value")
         values[key.strip()] = parse_yaml(value, f"{what} override {item!r}")
+        where[key.strip()] = f" (override {item!r})"
     fields = sorted(f.name for f in dataclasses.fields(kind))
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted((k for k in values if k not in fields), key=str)
     if unknown:
-        raise ValueError(f"unknown keys in {what}: {unknown}; known: {fields}")
-    return kind(**values)
+        raise ValueError(f"unknown keys in {what}: {unknown}{where.get(unknown[0], '')}; known: {fields}")
+    return kind(**{k: plain(v) for k, v in values.items()})
+
+
+def plain(value: Any) -> Any:
+    """`value` with every `Settings` mapping in it made a plain dict (a config pickled into a checkpoint must load
+    with torch.load(weights_only=True), which knows dicts, not our class)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+class Settings(dict):
+    """A mapping read by `parse_yaml`, which remembers its file and the line of each key, for messages."""
+
+    source: str = ""
+    lines: dict[Any, int]
+
+
+def located(data: Any, key: Any) -> str:
+    """' (FILE, line N)' for a key of a mapping read from a file, else ''."""
+    line = getattr(data, "lines", {}).get(key)
+    return f" ({data.source}, line {line})" if line else ""
+
+
+class Refused(yaml.MarkedYAMLError):
+    """Valid YAML that `StrictLoader` refuses to read as settings."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML that can only mean one thing: a duplicate key, a non-finite number (.inf, .nan) or nesting deeper than
+    MAX_DEPTH is an error with its line, where PyYAML keeps the last value, reads inf, or recurses until Python
+    stops it."""
+
+    source = "YAML"
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth = getattr(self, "depth", 0) + 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_yaml_map(self, node: yaml.MappingNode) -> Any:
+        data = Settings()
+        data.source, data.lines = self.source, {}
+        yield data
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                continue  # not hashable: PyYAML says so below
+            if key in data.lines:
+                problem = f"duplicate key {key!r} (also on line {data.lines[key]})"
+                raise Refused(None, None, problem, key_node.start_mark)
+            data.lines[key] = key_node.start_mark.line + 1
+        data.update(self.construct_mapping(node))
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        value = super().construct_yaml_float(node)
+        if not math.isfinite(value):
+            raise Refused(None, None, f"{node.value} is not a finite number", node.start_mark)
+        return value
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:map", StrictLoader.construct_yaml_map)
+StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_yaml_float)
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """YAML text -> data; a syntax error names `source` (a file, an override) and the line."""
+    """YAML text -> data, read strictly (`StrictLoader`); an error names `source` (a file, an override) and the
+    line."""
+    loader = StrictLoader(text)
+    loader.source = source
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}, line {mark.line + 1}" if mark is not None and "\n" in text.strip() else source
         problem = getattr(e, "problem", None) or (str(e).splitlines() or ["unreadable"])[0]
-        raise ValueError(f"{where}: not valid YAML ({problem})") from None
+        message = f"{where}: {problem}" if isinstance(e, Refused) else f"{where}: not valid YAML ({problem})"
+        raise ValueError(message) from None
+    except RecursionError:
+        raise ValueError(f"{source}: nested too deeply to read") from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file of key: value settings (empty: {}); every problem names the file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found (or not a file)")
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"config file {path} not found")
+    input_file(path, "config file", MAX_CONFIG_BYTES)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -195,6 +284,71 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected key: value settings, found a {type(data).__name__}")
     return data
+
+
+def check_sections(data: dict[str, Any], source: str | Path) -> None:
+    """Every top-level key of a settings file with sections is one of SECTIONS: a misspelt section would otherwise be
+    ignored, and the defaults run instead of what it says."""
+    unknown = [k for k in data if k not in SECTIONS]
+    if unknown:
+        raise ValueError(f"{source}: unknown section {unknown[0]!r}{located(data, unknown[0])}; a settings file has "
+                         f"the sections {', '.join(SECTIONS)}")  # fmt: skip
+
+
+def section(data: dict[str, Any], name: str, source: str | Path) -> dict[str, Any]:
+    """The `name` section of a settings file with sections (SECTIONS, checked), or the whole file when it has
+    none."""
+    sections = [k for k in data if k in SECTIONS and isinstance(data[k], dict)]
+    if not sections:
+        return data
+    check_sections(data, source)
+    if name not in data:
+        raise ValueError(f"{source} has no {name} section (it has {', '.join(sections)})")
+    return data[name]
+
+
+def parse_json(text: str, source: str) -> Any:
+    """JSON text -> data, as strictly as `parse_yaml`: duplicate keys, NaN, Infinity, numbers that overflow to
+    infinity and nesting deeper than MAX_DEPTH are errors naming `source`."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for key, value in items:
+            if key in data:
+                raise ValueError(f"{source}: duplicate key {key!r}")
+            data[key] = value
+        return data
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{source}: {text} is not a finite number")
+        return value
+
+    try:
+        data = json.loads(text, object_pairs_hook=pairs, parse_float=number, parse_constant=number)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source}, line {e.lineno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{source}: nested deeper than {MAX_DEPTH} levels") from None
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{source}: nested deeper than {MAX_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack += [(child, depth + 1) for child in children]
+    return data
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """A JSON settings file, checked with stat first and read with `parse_json`."""
+    path = input_file(path, what, MAX_CONFIG_BYTES)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {what} {path} ({getattr(e, 'strerror', None) or e})") from None
+    return parse_json(text, str(path))
 
 
 def check_fields(obj: Any, prefix: str, positive: Sequence[str] = ()) -> None:
@@ -212,6 +366,9 @@ def check_fields(obj: Any, prefix: str, positive: Sequence[str] = ()) -> None:
                 pass
         if not _fits(value, default):
             raise ValueError(f"{prefix}{f.name}: {value!r} is not {_kind(default)}")
+        if not all(math.isfinite(v) for v in (value if isinstance(value, list | tuple) else [value])
+                   if isinstance(v, float)):  # fmt: skip
+            raise ValueError(f"{prefix}{f.name}: {value!r} is not a finite number")
         if f.name in positive and any(v <= 0 for v in (value if isinstance(value, list | tuple) else [value])):
             raise ValueError(f"{prefix}{f.name} must be positive, got {value!r}")
 
@@ -259,6 +416,4 @@ def model_config(name_or_path: str | Path) -> GroupViTConfig:
     preset = resources.files("groupvit") / "configs" / f"{name_or_path}.yaml"
     if not preset.is_file():
         raise ValueError(f"unknown model preset '{name_or_path}'; choose one of {list_presets()} or give a YAML file")
-    with preset.open() as f:
-        data = yaml.safe_load(f)
-    return GroupViTConfig.from_dict(data.get("model", data))
+    return GroupViTConfig.from_dict(section(parse_yaml(preset.read_text(), f"preset {name_or_path}"), "model", preset))

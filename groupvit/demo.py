@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import GroupViTConfig, dataclass_from_dict, parse_yaml
+from .checks import input_file
+from .config import MAX_CONFIG_BYTES, GroupViTConfig, check_sections, dataclass_from_dict, parse_yaml
 from .data.synthvoc import SceneOptions
 from .evaluation.datasets import IGNORE_INDEX
 from .naming import SCLIP_WORDS, Naming
@@ -117,9 +118,6 @@ def default_data_dir(seed: int, scene: SceneOptions) -> Path:
     return cache / f"synthvoc-{seed}-{digest}"
 
 
-SECTIONS = ("model", "train", "scene")
-
-
 def merge_sections(base: dict, update: dict) -> dict:
     """`base` with `update`'s values, nested dicts merged key by key (so a file may give only what it changes)."""
     out = dict(base)
@@ -144,8 +142,8 @@ def packaged_demo_configs() -> list[str]:
 
 def read_demo_config(config: str | Path) -> str:
     """The text of a demo config: a YAML file, or the name of a packaged one (`synthvoc_gpu`)."""
-    if Path(config).is_file():
-        return Path(config).read_text()
+    if os.path.lexists(config):
+        return input_file(config, "--config", MAX_CONFIG_BYTES).read_text()
     if str(config) in packaged_demo_configs():
         return (_demo_configs_dir() / f"{config}.yaml").read_text()
     raise FileNotFoundError(f"--config {config}: no such file, and not a packaged demo config "
@@ -157,14 +155,12 @@ def preset_sections(config: str | Path | None = None) -> tuple[dict, dict, dict]
     packaged demo config) over them."""
     from importlib import resources
 
-    data = yaml.safe_load((resources.files("groupvit") / "configs" / f"{PRESET}.yaml").read_text())
+    data = parse_yaml((resources.files("groupvit") / "configs" / f"{PRESET}.yaml").read_text(), f"preset {PRESET}")
     if config is not None:
         mine = parse_yaml(read_demo_config(config), str(config)) or {}
         if not isinstance(mine, dict) or not all(isinstance(v, dict) for v in mine.values()):
             raise ValueError(f"{config}: expected sections of key: value settings, e.g. 'train: {{batch_size: 256}}'")
-        unknown = sorted(set(mine) - set(SECTIONS))
-        if unknown:
-            raise ValueError(f"{config}: unknown sections {unknown}; a demo config has {', '.join(SECTIONS)}")
+        check_sections(mine, config)
         data = merge_sections(data, mine)
     model, train = data["model"], data["train"]
     sizes = {"model.vision.image_size": model["vision"]["image_size"], "train.image_size": train["image_size"],

@@ -10,10 +10,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .checks import input_file
+
 # ImageNet statistics; the test pipeline applies them on 0-255 RGB: mean (123.675, 116.28, 103.53) (spec 5.2).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_PIXELS = 64_000_000
+MAX_FILE_BYTES = 1 << 30  # an image file, before it is opened (64 megapixels of 16-bit RGBA are 512 MB raw)
 # Long side over short side. The protocols resize the short side to 448 (segmentation) or 256 (classification),
 # so a thin strip would become a huge intermediate (a 40000x1 PNG of 198 bytes: 10 GB) or, with the long side
 # capped at 2048, a side of less than one pixel. At 50 the short side stays at least 40 px (over two patches).
@@ -22,7 +25,7 @@ MAX_ASPECT_RATIO = 50
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def _to_uint8(array: np.ndarray, name: str = "the image") -> np.ndarray:
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.uint16:
@@ -30,6 +33,10 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     array = array.astype(np.float32)
+    finite = np.isfinite(array)
+    if not finite.all():  # NaN would make every pixel the same grey, or garbage, and the model answer regardless
+        raise ValueError(f"{name} holds {array.size - int(finite.sum()):,} NaN or infinite values of {array.size:,}; "
+                         "replace them with numbers first")  # fmt: skip
     lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
     if 0.0 <= lo and hi <= 1.0:  # float images in [0, 1]
         return (array * 255).round().astype(np.uint8)
@@ -42,10 +49,13 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS, formats: Sequenc
 
     formats: Pillow format names a file may have (e.g. ("PNG", "JPEG")), whatever its extension; None allows
     every format Pillow reads. Servers should pass a list: some decoders (EPS) run external programs."""
+    path = None
     if isinstance(image, str | Path):
         path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"image not found: {path}")
+        try:
+            input_file(path, "image", MAX_FILE_BYTES)  # never opens a FIFO or device
+        except FileNotFoundError as e:  # one image of a batch: skipped with the others' errors
+            raise ValueError(str(e)) from None
         try:
             pil = Image.open(path, formats=formats)
         except Image.DecompressionBombError as e:  # Pillow's own guard, above ~179 megapixels
@@ -73,8 +83,9 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS, formats: Sequenc
         raise ValueError(f"expected an image array [H, W], [H, W, 3] or [H, W, 4], got shape {image.shape}")
     if min(image.shape[:2]) < 1:
         raise ValueError(f"empty image of shape {image.shape}")
-    check_size(image.shape[1], image.shape[0], max_pixels)
-    image = _to_uint8(image)
+    name = str(path) if isinstance(path, Path) else "the image"
+    check_size(image.shape[1], image.shape[0], max_pixels, name)
+    image = _to_uint8(image, name)
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     return np.ascontiguousarray(image[:, :, :3])

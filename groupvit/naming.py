@@ -21,13 +21,16 @@ functions; results of any non-default option are labelled `"protocol": "variant"
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .checks import input_file
+from .config import MAX_CONFIG_BYTES, read_json
 
 # Stuff words scored as background, as the methods publish them.
 # SCLIP (wangf3014/SCLIP, configs/cls_voc21.txt and cls_coco_object.txt: the first line, the background class)
@@ -106,8 +109,9 @@ def background_words(spec: str | Sequence[str] | None, files: bool = True) -> tu
     key = spec.strip()
     if key.lower() in WORD_LISTS:
         return WORD_LISTS[key.lower()]
-    if files and Path(key).is_file():  # blank lines and entries are skipped
-        return tuple(w.strip() for line in Path(key).read_text().splitlines() for w in line.split(",") if w.strip())
+    if files and os.path.lexists(key):  # blank lines and entries are skipped
+        text = input_file(key, "background words file", MAX_CONFIG_BYTES).read_text()
+        return tuple(w.strip() for line in text.splitlines() for w in line.split(",") if w.strip())
     words = tuple(w.strip() for w in key.split(","))
     if any(not w for w in words):
         raise ValueError(f"empty background word in {spec!r}; remove stray commas")
@@ -117,7 +121,7 @@ def background_words(spec: str | Sequence[str] | None, files: bool = True) -> tu
 def load_class_thresholds(path: str | Path) -> dict[str, float]:
     """Per-class thresholds from a JSON file: a {class: threshold} mapping, or the results of `groupvit eval`
     (their `naming.class_thresholds`)."""
-    data = json.loads(Path(path).read_text())
+    data = read_json(path, "thresholds file")
     if isinstance(data, dict) and isinstance(data.get("naming"), dict):
         data = data["naming"].get("class_thresholds")
     if not isinstance(data, dict) or not data or not all(isinstance(v, int | float) for v in data.values()):

@@ -265,6 +265,9 @@ def _fetch_hf(src: Source) -> Path:
         with contextlib.suppress(EntryNotFoundError):  # not in this repo at this revision (or not cached)
             return get("model.safetensors").parent
         return get("pytorch_model.bin").parent
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("the partial download is kept in the Hugging Face cache; run the same command again "
+                                "to resume it") from None  # fmt: skip
     except LocalEntryNotFoundError:
         why = "offline (HF_HUB_OFFLINE is set)" if _offline() else "the hub is unreachable"
         raise DownloadError(f"{why} and the files are not in the Hugging Face cache") from None
@@ -306,11 +309,17 @@ def _download_verified(url: str, path: Path, sha256_prefix: str) -> None:
     """Download `url` to `path` through `path`.part (resumed where a previous attempt stopped), check that the
     file's SHA-256 starts with `sha256_prefix`, then rename it into place. A mismatch deletes the download."""
     part = path.with_name(path.name + ".part")
+    if os.path.lexists(part) and not part.is_file():
+        raise DownloadError(f"{part} is in the way and is not a file; remove it")
     try:
         _append_from(url, part)
     except (OSError, http.client.HTTPException) as e:
         kept = f"; {part.stat().st_size:,} bytes kept to resume" if part.is_file() and part.stat().st_size else ""
         raise DownloadError(f"{_reason(e)}{kept}") from None
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (groupvit.cli stops on it the same way)
+        size = part.stat().st_size if part.is_file() else 0
+        raise KeyboardInterrupt(f"the partial download ({size:,} bytes, {part}) is kept; run the same command again "
+                                "to resume it") from None  # fmt: skip
     digest = hashlib.sha256()
     with open(part, "rb") as f:
         while block := f.read(1 << 20):

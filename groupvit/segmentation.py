@@ -14,6 +14,7 @@ how calibration and the benchmarks try many options on one encoder pass.
 from __future__ import annotations
 
 import math
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import check_memory
 from .image import ImageInput, load_image, rescale_size, to_tensor
 from .model import GroupViT, ImageGroups
 from .naming import Naming, area_filter, name_pixels, threshold_vector
@@ -48,13 +50,28 @@ def check_class_names(class_names: Sequence[str], unique: bool = True, limit: in
     Classification allows duplicates (CLIP's ImageNet names repeat 'missile' and 'sunglasses') and MAX_CLASSES."""
     if isinstance(class_names, str):
         class_names = class_names.split(",")
-    names = [str(n).strip() for n in class_names]
-    if not names:
+    given = [str(n).strip() for n in class_names]
+    if not given:
         raise ValueError("no class names given; pass e.g. 'dog,grass,sky'")
-    if len(names) > limit:
-        raise ValueError(f"{len(names)} class names given; at most {limit} are supported")
-    if any(not n for n in names):
+    if len(given) > limit:
+        raise ValueError(f"{len(given)} class names given; at most {limit} are supported")
+    if any(not n for n in given):
         raise ValueError(f"empty class name in {list(class_names)!r}; remove stray commas")
+    broken = next((n for n in given if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in n)), None)
+    if broken is not None:
+        raise ValueError(f"class name {broken[:60]!r} holds a line break or control character; give the names on one "
+                         "line, separated by commas")  # fmt: skip
+    # Zero-width and other format characters (U+200B, U+2060, U+FEFF, ...) are invisible: a name made of them names
+    # nothing a reader can see, and inside a name they only change its tokens.
+    names = ["".join(c for c in n if unicodedata.category(c) != "Cf").strip() for n in given]
+    invisible = next((g for g, n in zip(given, names, strict=True) if not n), None)
+    if invisible is not None:
+        raise ValueError(f"class name {invisible!r} is invisible (only zero-width, format or space characters); "
+                         "remove it")  # fmt: skip
+    cleaned = [g for g, n in zip(given, names, strict=True) if g != n]
+    if cleaned:
+        warnings.warn(f"removed zero-width or format characters from {len(cleaned)} class name(s): "
+                      f"{', '.join(repr(g[:40]) for g in cleaned[:3])}", stacklevel=2)  # fmt: skip
     seen: dict[str, str] = {}
     for n in names if unique else ():
         if n.lower() in seen:
@@ -96,6 +113,7 @@ def check_result_size(height: int, width: int, classes: int) -> None:
         raise ValueError(f"a {width}x{height} image with {classes} classes needs about {need / 2**30:.1f} GiB for its "
                          f"per-pixel results (limit {MAX_RESULT_BYTES / 2**30:g} GiB); downscale it or name fewer "
                          "classes")  # fmt: skip
+    check_memory(need, f"a {width}x{height} image with {classes} classes", "downscale it or name fewer classes")
 
 
 def token_grid(num_tokens: int, height: int, width: int) -> tuple[int, int]:

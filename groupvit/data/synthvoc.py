@@ -81,6 +81,7 @@ TEMPLATES = (
 )  # fmt: skip
 SPLITS = {"train": 0, "val": 1, "test": 2, "calib": 3}
 GLYPH_PX = 128  # glyphs are rendered once at this size and resized per object
+MAX_OBJECTS = 20  # objects (or clutter glyphs) in one scene
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,22 @@ class SceneOptions:
     same_class: float = 0.2  # chance that an extra object repeats a class already in the scene
     min_visible: float = 0.6  # an object keeps at least this share of its pixels after occlusion
 
-    def __post_init__(self) -> None:  # YAML and JSON give lists; a tuple keeps equal options equal
-        object.__setattr__(self, "object_scale", tuple(self.object_scale))
+    def __post_init__(self) -> None:
+        counts = {"size": (16, 1024), "min_objects": (0, MAX_OBJECTS), "max_objects": (self.min_objects, MAX_OBJECTS),
+                  "max_clutter": (0, MAX_OBJECTS)}  # fmt: skip
+        for key, (low, high) in counts.items():
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"scene options: {key}={value!r} must be an integer from {low!r} to {high}")
+        for key in ("unmentioned", "same_class", "min_visible"):
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise ValueError(f"scene options: {key}={value!r} must be a probability from 0 to 1")
+        scale = self.object_scale
+        if not (isinstance(scale, list | tuple) and len(scale) == 2 and all(isinstance(v, int | float) for v in scale)
+                and 0 < scale[0] <= scale[1] <= 1):  # fmt: skip
+            raise ValueError(f"scene options: object_scale={scale!r} must be [low, high] with 0 < low <= high <= 1")
+        object.__setattr__(self, "object_scale", tuple(scale))  # YAML and JSON give lists; equal options stay equal
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..checks import DataError
+from ..checks import DataError, input_file
 from ..segmentation import BACKGROUND_THRESHOLDS
 
 IGNORE_INDEX = 255
@@ -223,11 +223,11 @@ def _require(path: Path, what: str, root: Path, expected: str, nested: bool = Tr
 
 
 def _read_split(split_file: Path) -> list[str]:
-    if not split_file.is_file():
+    if not os.path.lexists(split_file):
         others = sorted(p.name for p in split_file.parent.glob("*.txt")) if split_file.parent.is_dir() else []
         hint = f"split files there: {', '.join(others)}" if others else ""
         raise _missing(split_file, "split file", hint)
-    ids = [line.strip() for line in split_file.read_text().splitlines()]
+    ids = [line.strip() for line in input_file(split_file, "split file").read_text().splitlines()]
     ids = [i for i in ids if i]
     if not ids:
         raise ValueError(f"split file {split_file} lists no images")
@@ -238,11 +238,13 @@ def _check_samples(samples: list[tuple[str, Path, Path]], where: Path, hint: str
     if not samples:
         raise ValueError(f"no images found in {where}" + (f" ({hint})" if hint else ""))
     for kind, index in (("image", 1), ("label file", 2)):
-        missing = [s[index] for s in samples if not s[index].is_file()]
+        missing = [s[index] for s in samples if not os.path.lexists(s[index])]
         if missing:
             more = f" and {len(missing) - 1} more of {len(samples)}" if len(missing) > 1 else ""
             extra = f"; {hint}" if hint and kind == "label file" else ""
             raise ValueError(f"{kind} not found: {missing[0]}{more}{extra}")
+        for sample in samples:  # a FIFO or device would block or never end
+            input_file(sample[index], kind)
 
 
 def _voc_like(root: Path, split: str, split_dir: str, label_dir: str, expected: str) -> list[tuple[str, Path, Path]]:

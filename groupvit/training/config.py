@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import GroupViTConfig, dataclass_from_dict, model_config, read_yaml
+from ..checks import MAX_COUNT, MAX_MINUTES, MAX_SHORT_SIDE, MAX_TRAIN_BATCH, MAX_WORKERS
+from ..config import GroupViTConfig, dataclass_from_dict, located, model_config, read_yaml, section
 from ..data.augment import LIGHT_CROP_SCALE, TENSOR_PRESETS
 from ..losses import LOSSES, NOUN_LOSSES, NOUN_POSITIVES
 from ..templates import TEMPLATE_SETS
+
+# Upper bounds of the training config's sizes (the command line's options have the same).
+LIMITS = {"batch_size": MAX_TRAIN_BATCH, "reference_batch": 1 << 20, "accum_steps": 1024, "steps": MAX_COUNT,
+          "save_every": MAX_COUNT, "log_every": MAX_COUNT, "eval_every": MAX_COUNT, "eval_images": MAX_COUNT,
+          "warmup_steps": MAX_COUNT, "minutes": MAX_MINUTES, "image_size": 1024, "eval_short_side": MAX_SHORT_SIDE,
+          "workers": MAX_WORKERS, "shuffle_buffer": 1_000_000, "multi_label": 64}  # fmt: skip
 
 
 @dataclass
@@ -97,7 +105,15 @@ class TrainConfig:
             except (TypeError, ValueError):
                 kind = type(default).__name__
                 raise ValueError(f"training config key {f.name!r}: {value!r} is not a {kind}") from None
-        self.betas = tuple(self.betas)
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+                raise ValueError(f"training config key {f.name!r}: {value!r} is not a finite number")
+        try:
+            beta1, beta2 = (float(b) for b in self.betas)
+        except (TypeError, ValueError):
+            beta1 = beta2 = -1.0
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"betas must be [beta1, beta2], each in [0, 1), got {self.betas!r}")
+        self.betas = (beta1, beta2)
         try:
             low, high = (float(v) for v in self.crop_scale)
         except (TypeError, ValueError):
@@ -114,6 +130,9 @@ class TrainConfig:
         if low or self.workers < 0:
             raise ValueError(f"training config: {', '.join(counts)} must be positive and workers >= 0; got "
                              f"{', '.join(low) or f'workers={self.workers}'}")  # fmt: skip
+        for key, limit in LIMITS.items():  # sizes are bounded before anything is allocated
+            if getattr(self, key) > limit:
+                raise ValueError(f"training config: {key}={getattr(self, key):,g} is over the limit of {limit:,}")
         choices = (("noun_loss", self.noun_loss, NOUN_LOSSES), ("loss", self.loss, LOSSES),
                    ("noun_positives", self.noun_positives, NOUN_POSITIVES),
                    ("noun_templates", self.noun_templates, tuple(TEMPLATE_SETS)))  # fmt: skip
@@ -151,7 +170,12 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
         data = read_yaml(path)
-        return cls.from_dict(data.get("train", data), overrides)
+        train = section(data, "train", path)
+        if train is not data and "model" in data:  # the file's own model section is the model it trains
+            if "model" in train:
+                raise ValueError(f"{path}: both a model section and train.model{located(train, 'model')}; keep one")
+            train["model"] = str(path)
+        return cls.from_dict(train, overrides)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:

@@ -15,6 +15,7 @@ import csv
 import io
 import itertools
 import json
+import os
 import random
 import zlib
 from collections import Counter
@@ -23,13 +24,15 @@ from pathlib import Path
 
 import braceexpand
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from ..checks import DataError
+from ..checks import DataError, input_file
 from ..data.nouns import CAPTION_KEYS, IMAGE_KEYS
 from ..templates import get_templates
 from ..tokenizer import tokenize
 
+# An image file of a CSV/TSV row, checked with stat before it is read (a row naming /dev/zero would never end).
+MAX_IMAGE_FILE_BYTES = 256 << 20
 MAX_CAPTION_NOUNS = 16  # caption nouns kept per sample for same-noun positives (SynthVOC captions have < 12)
 
 
@@ -93,9 +96,22 @@ def decode_caption(raw: bytes | str) -> str:
 
 
 def decode_image(raw: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(raw))
-    image.load()
+    """Image bytes -> RGB; ValueError saying "not an image" or "damaged or truncated" otherwise."""
+    try:
+        image = Image.open(io.BytesIO(raw))
+    except UnidentifiedImageError:
+        raise ValueError("is not an image") from None
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"is damaged or truncated ({e})") from None
     return image.convert("RGB")
+
+
+def read_image_file(path: Path) -> bytes:
+    """The bytes of a row's image, after stat says it is a regular file of at most MAX_IMAGE_FILE_BYTES
+    (FileNotFoundError when missing, ValueError saying what it is otherwise)."""
+    return input_file(path, "image", MAX_IMAGE_FILE_BYTES).read_bytes()
 
 
 def read_pairs_table(path: str | Path) -> list[tuple[Path, str]]:
@@ -103,8 +119,9 @@ def read_pairs_table(path: str | Path) -> list[tuple[Path, str]]:
     file's folder. Bytes that are not UTF-8 are kept as surrogates, so such a caption is skipped and counted
     (`decode_caption`) instead of the whole file refused; a broken file is named with the line."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"training data {path} not found; give a CSV/TSV of (image path, caption) or shards")
+    input_file(path, "training data")
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.reader(f, delimiter=delimiter)
@@ -193,7 +210,7 @@ class CaptionTable(IndexedPairs):
         return self.rows[i][1]
 
     def image(self, i: int) -> Image.Image:
-        return decode_image(Path(self.rows[i][0]).read_bytes())
+        return decode_image(read_image_file(self.rows[i][0]))
 
 
 class MemoryPairs(IndexedPairs):
@@ -277,10 +294,13 @@ def expand_shards(pattern: str) -> list[str]:
     if not urls:
         raise ValueError(f"no shards in {pattern!r}")
     # Local files are checked up front: resampled shard streams would otherwise retry missing ones forever.
-    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not os.path.lexists(u)]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise FileNotFoundError(f"{len(missing)} of {len(urls)} shards not found: {', '.join(missing[:3])}{more}")
+    for u in local:  # a FIFO would block the reader
+        input_file(u, "shard")
     return urls
 
 

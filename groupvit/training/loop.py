@@ -289,10 +289,13 @@ def stop_if_not_finite(loss: torch.Tensor, step: int, checkpoint: Path) -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:  # every rank stops instead of waiting on one that stopped
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     if not finite.item():
-        raise FloatingPointError(
-            f"non-finite loss at step {step} (this rank: {loss.item()}); stopped. The last good checkpoint "
-            f"({checkpoint}) is kept; resume from it with --resume, perhaps with a lower lr"
-        )
+        saved = checkpoint.is_file()
+        if not saved and (not dist.is_initialized() or dist.get_rank() == 0):
+            # nothing trained: leave no settings of a run that does not exist
+            (checkpoint.parent / "train_config.json").unlink(missing_ok=True)
+        kept = (f"The last good checkpoint ({checkpoint}) is kept; resume from it with --resume, perhaps with a "
+                "lower lr" if saved else "No checkpoint was written; start again with a lower lr")  # fmt: skip
+        raise FloatingPointError(f"non-finite loss at step {step} (this rank: {loss.item()}); stopped. {kept}")
 
 
 def average_gradients(model: nn.Module) -> None:
@@ -355,7 +358,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        atomic_write(out / "train_config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
         writer = SummaryWriter(out / "tensorboard")
     batches = forever(build_loader(cfg, rank, world, start_step))
     skipped_by_worker: dict[int, int] = {}
