@@ -163,3 +163,32 @@ def test_convert_stores_half_precision_and_keeps_the_settings(recorded_checkpoin
     assert main(["convert", str(recorded_checkpoint), str(tmp_path / "nv.pth"), "--to", "nvlabs", "--dtype",
                  "float16"]) == 2  # fmt: skip
     assert "--dtype float16 applies to our .safetensors layout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["hf", "nvlabs"])
+def test_every_layout_keeps_the_settings_and_vocabulary_through_a_round_trip(layout, recorded_checkpoint, tmp_path,
+                                                                             capsys):  # fmt: skip
+    from groupvit.cli import main
+
+    exported = tmp_path / ("exported" if layout == "hf" else "exported.pth")
+    assert main(["convert", str(recorded_checkpoint), str(exported), "--to", layout]) == 0
+    err = capsys.readouterr().err
+    assert groupvit.load_model(exported).test_settings == RECORDED
+    if layout == "hf":  # where transformers looks, beside its own config; and what the layout cannot hold is named
+        assert json.loads((exported / "config.json").read_text())["groupvit_test_settings"]["classes"] == ["cat", "dog"]
+        assert "multi-label temperature" not in err  # this model has none
+        with_temperature = GroupViT(dataclasses.replace(model_config("small"), multi_label_logit_scale=True))
+        with pytest.warns(UserWarning, match="the transformers layout has no multi-label temperature: it is left out"):
+            groupvit.save_model(with_temperature, tmp_path / "temperature", layout="hf")
+    back = tmp_path / "back.safetensors"
+    assert main(["convert", str(exported), str(back)]) == 0
+    assert groupvit.load_model(back).test_settings == RECORDED
+    (tmp_path / "broken").mkdir()
+    hf_config = json.loads((exported / "config.json").read_text()) if layout == "hf" else None
+    if hf_config is not None:  # a damaged entry is named with its file
+        hf_config["groupvit_test_settings"] = {"mode": "zoom"}
+        for name in ("config.json", "model.safetensors"):
+            (tmp_path / "broken" / name).write_bytes((exported / name).read_bytes())
+        (tmp_path / "broken" / "config.json").write_text(json.dumps(hf_config))
+        with pytest.raises(CheckpointError, match=r"broken/config\.json: the test settings .* not valid .*zoom"):
+            groupvit.load_model(tmp_path / "broken")
