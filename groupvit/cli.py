@@ -52,12 +52,12 @@ def _info(args: argparse.Namespace) -> None:
     from .config import model_config
     from .model import GroupViT
 
-    if args.checkpoint:
-        model = load_model(args.checkpoint, source=args.source)
-    elif args.model in list_presets() or args.model.endswith((".yaml", ".yml")):
-        model = GroupViT(model_config(args.model)).eval()
+    # One name, one meaning: a name is weights (synthvoc is the shipped model); architectures come by --preset.
+    weights = args.checkpoint or args.model
+    if args.preset or weights.endswith((".yaml", ".yml")):
+        model = GroupViT(model_config(args.preset or weights)).eval()
     else:
-        model = load_model(args.model)
+        model = load_model(weights, source=args.source)
     cfg = model.config
     size = cfg.vision.image_size
     with torch.no_grad():
@@ -537,9 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="print a model's configuration, parameter count and grouping shapes")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("model", nargs="?", help="an architecture: a preset name (gcc_yfcc, gcc_redcaps, small) or a "
-                      "YAML config (random weights, nothing downloaded); or a checkpoint file or folder")  # fmt: skip
+    what.add_argument("model", nargs="?", help="weights, as --checkpoint takes them (synthvoc: the shipped model), "
+                      "or a model YAML config")  # fmt: skip
     what.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    what.add_argument("--preset", help=f"an architecture with untrained weights, nothing downloaded: a preset "
+                      f"({', '.join(list_presets())}) or a model YAML config")  # fmt: skip
     _add_source_option(p)
     p.set_defaults(run=_info)
 

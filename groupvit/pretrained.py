@@ -174,7 +174,8 @@ def resolve(name_or_path: str | Path, source: str | None = None) -> Path:
     if spec in list_presets():
         raise CheckpointError(
             f"{spec!r} is a model preset without released weights; for untrained random weights of that "
-            f"architecture pass --random-init {spec} (Python: GroupViT(model_config({spec!r})))"
+            f"architecture pass --random-init {spec} (`groupvit info --preset {spec}`; Python: "
+            f"GroupViT(model_config({spec!r})))"
         )
     raise CheckpointError(
         f"checkpoint not found: {spec} (not a file or folder, nor a released name: {', '.join(PRETRAINED)}, "
