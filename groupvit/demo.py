@@ -426,9 +426,6 @@ def write_report(model, dataset, scenes: dict, result: dict, out: Path, threshol
     from .segmentation import ZeroShotSegmenter
     from .viz import comparison_grid, group_maps_image, result_grid
 
-    def big(a: np.ndarray) -> np.ndarray:  # 3x nearest-neighbour: 64 px scenes are small on a screen
-        return a.repeat(3, axis=0).repeat(3, axis=1)
-
     segmenter = ZeroShotSegmenter(model, dataset.class_names, threshold, mode="whole", short_side=size)
     other = None if shipped is None else ZeroShotSegmenter(shipped, dataset.class_names, group_maps=False)
     rows, groups, largest, ious = [], [], [], []
@@ -439,24 +436,23 @@ def write_report(model, dataset, scenes: dict, result: dict, out: Path, threshol
         ious.append(iou)
         largest.append({"id": image_id, "class": dataset.label_names[label] if label >= 0 else None,
                         "iou": round(100 * iou, 1)})  # fmt: skip
-        rows.append((big(image), big(target), big(seg.labels), *([] if other is None else [big(other(image).labels)])))
-        groups.append([group_maps_image(big(image), [big(g) for g in seg.group_maps])])
+        rows.append((image, target, seg.labels, *([] if other is None else [other(image).labels])))
+        groups.append([group_maps_image(image, seg.group_maps)])
     titles = ("image", "ground truth", "this run", *([] if other is None else [f"shipped {SHIPPED}"]))
-    comparison_grid(rows, dataset.label_names, titles).save(out / "report_grid.png")
-    result_grid(groups).save(out / "report_groups.png")
+    names = [dataset.samples[i][0] for i in range(len(rows))]
+    captions = [f"{name}: {scenes[name]['caption']}" for name in names]
+    comparison_grid(rows, dataset.label_names, titles, captions=captions).save(out / "report_grid.png")
+    result_grid(groups, captions=captions).save(out / "report_groups.png")
     table = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{'absent' if iou is None else f'{iou:.1f}'}</td></tr>"
         for name, iou in result["per_class"].items()
     )
     check = {"scenes": len(rows), "largest_object_correct": sum(iou >= min_iou for iou in ious),
              "min_iou": min_iou, "per_scene": largest}  # fmt: skip
-    captions = "".join(
-        f"<li>{html.escape(dataset.samples[i][0])}: {html.escape(scenes[dataset.samples[i][0]]['caption'])}</li>"
-        for i in range(len(rows))
-    )
+    caption_list = "".join(f"<li>{html.escape(caption)}</li>" for caption in captions)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>groupvit demo</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:0.1em 1em;text-align:left}}
-table{{border-collapse:collapse;margin:0.5em 0}}tr:nth-child(even){{background:#f2f2f2}}</style></head><body>
+table{{border-collapse:collapse;margin:0.5em 0}}img{{max-width:100%}}tr:nth-child(even){{background:#f2f2f2}}</style></head><body>
 <h1>SynthVOC zero-shot segmentation</h1>
 <p>Trained on captions only for {result["minutes"]:.1f} minutes ({result["steps"]} steps, {result["images_seen"]}
 image-caption pairs); recipe <b>{html.escape(result["recipe"])}</b>.</p>
@@ -471,7 +467,7 @@ image-caption pairs); recipe <b>{html.escape(result["recipe"])}</b>.</p>
 {check["scenes"]}</b> scenes below.</p>
 <img src="report_grid.png" alt="image, ground truth and prediction">
 <img src="report_groups.png" alt="final groups of every stage">
-<ol start="0">{captions}</ol>
+<ol start="0">{caption_list}</ol>
 <h2>Per class IoU</h2><table>{table}</table></body></html>"""
     (out / "report.html").write_text(page)
     return check
