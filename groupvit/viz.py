@@ -92,20 +92,20 @@ def _font(size: int = 14) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def add_legend(image: Image.Image, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> Image.Image:
-    """Append a legend column (colour swatch + name per entry) to the right of `image`; at most MAX_LEGEND_ROWS
-    rows of names of at most MAX_LEGEND_NAME characters."""
+def add_legend(image: Image.Image, entries: Sequence[tuple[str, tuple[int, int, int]]], top: int = 4) -> Image.Image:
+    """Append a legend column (colour swatch + name per entry, from `top` pixels down) to the right of `image`; at
+    most MAX_LEGEND_ROWS rows of names of at most MAX_LEGEND_NAME characters."""
     font, row = _font(), 20
     keep = len(entries) if len(entries) <= MAX_LEGEND_ROWS else MAX_LEGEND_ROWS - 1
     rows = [(_short(name), color) for name, color in entries[:keep]]
     if keep < len(entries):
         rows.append((f"... and {len(entries) - keep} more", None))
     width = 24 + max((int(ImageDraw.Draw(image).textlength(name, font=font)) for name, _ in rows), default=0)
-    canvas = Image.new("RGB", (image.width + width + 12, max(image.height, row * len(rows) + 8)), "white")
+    canvas = Image.new("RGB", (image.width + width + 12, max(image.height, top + row * len(rows) + 4)), "white")
     canvas.paste(image.convert("RGB"), (0, 0))
     draw = ImageDraw.Draw(canvas)
     for i, (name, color) in enumerate(rows):
-        y = 4 + i * row
+        y = top + i * row
         if color is not None:
             draw.rectangle([image.width + 6, y + 2, image.width + 20, y + 16], fill=tuple(int(c) for c in color))
         draw.text((image.width + 26, y + 1), name, fill="black", font=font)
@@ -123,10 +123,11 @@ def overlay(
     alpha: float = 0.55,
     legend: bool = True,
     min_side: int = MIN_DISPLAY_SIDE,
+    legend_top: int = 4,
 ) -> Image.Image:
     """Blend VOC-coloured labels over the RGB image (background left as is) and add a legend of the classes
-    present. labels: 0 = background, i = class_names[i - 1]. A small image is enlarged to a long side of at least
-    `min_side` (display_scale)."""
+    present, from `legend_top` pixels down. labels: 0 = background, i = class_names[i - 1]. A small image is
+    enlarged to a long side of at least `min_side` (display_scale)."""
     factor = display_scale(image.shape, min_side)
     image, labels = enlarge_photo(image, factor), enlarge(labels, factor)
     colors = colorize(labels)
@@ -137,7 +138,7 @@ def overlay(
         return out
     present = [int(i) for i in np.unique(labels) if i > 0]
     names = ["background", *class_names]
-    return add_legend(out, [(names[i], tuple(voc_palette()[i])) for i in present])
+    return add_legend(out, [(names[i], tuple(voc_palette()[i])) for i in present], top=legend_top)
 
 
 def group_maps_image(
