@@ -452,7 +452,8 @@ def write_report(model, dataset, scenes: dict, result: dict, out: Path, threshol
     caption_list = "".join(f"<li>{html.escape(caption)}</li>" for caption in captions)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>groupvit demo</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:0.1em 1em;text-align:left}}
-table{{border-collapse:collapse;margin:0.5em 0}}img{{max-width:100%}}tr:nth-child(even){{background:#f2f2f2}}</style></head><body>
+table{{border-collapse:collapse;margin:0.5em 0}}tr:nth-child(even){{background:#f2f2f2}}img{{max-width:100%}}
+</style></head><body>
 <h1>SynthVOC zero-shot segmentation</h1>
 <p>Trained on captions only for {result["minutes"]:.1f} minutes ({result["steps"]} steps, {result["images_seen"]}
 image-caption pairs); recipe <b>{html.escape(result["recipe"])}</b>.</p>
