@@ -130,14 +130,10 @@ def _segment(args: argparse.Namespace) -> int:
     used = settings.describe(background="none" if threshold is None else f"{threshold:g}")
     options = {"short_side": "--short-side", "mode": "--mode", "classes": "--classes"}
     given = {name: flag for name, flag in options.items() if getattr(args, name) is not None}
-    if args.background_threshold is not None or args.no_background or args.dataset:
-        given["background_threshold"] = (
-            "--background-threshold"
-            if args.background_threshold is not None
-            else "--no-background"
-            if args.no_background
-            else f"--dataset {args.dataset}"
-        )
+    if args.background_threshold is not None:
+        given["background_threshold"] = "--background-threshold"
+    elif args.no_background or args.dataset:
+        given["background_threshold"] = "--no-background" if args.no_background else f"--dataset {args.dataset}"
     if not naming.official:
         given["naming"] = "the naming options"
     print(f"groupvit segment: {used} ({model.test_settings.origins(model.config, given)}; --short-side, --mode, "
