@@ -43,7 +43,7 @@ from .naming import Naming, background_words
 from .pretrained import PRETRAINED
 from .pretrained import random_init as random_init_model
 from .segmentation import ZeroShotSegmenter, check_class_names
-from .viz import group_maps_image, overlay, voc_palette
+from .viz import display_scale, enlarge_photo, group_maps_image, overlay, voc_palette
 
 # Decoders the server will run on uploads, checked from the file's content, not its name (Pillow's EPS decoder,
 # for one, calls Ghostscript).
@@ -57,6 +57,9 @@ EXAMPLES = {"astronaut": "person, flag, rocket, sky", "coffee": "cup, saucer, sp
 # Validation scenes of SynthVOC shipped in the package, the examples for models trained on it (examples.json: each
 # scene's file, caption and largest object).
 SYNTHVOC_EXAMPLES = Path(str(resources.files("groupvit") / "assets" / "synthvoc"))
+# Gradio draws its download and full-screen buttons over the top right corner of a picture: the overlay's legend
+# starts below them.
+BUTTONS_HEIGHT = 64
 
 
 @dataclass(frozen=True)
@@ -111,16 +114,20 @@ def _load_app_model(
 
 
 def legend_html(class_names: Sequence[str], labels: np.ndarray) -> str:
-    """An HTML table: per requested class (and background), its overlay colour and its share of the pixels."""
+    """An HTML table of the classes found (and background), largest share first: overlay colour and share of the
+    pixels; then the requested classes that were not found, in one line."""
     fractions = np.bincount(labels.ravel(), minlength=len(class_names) + 1) / labels.size
-    palette = voc_palette()
+    names, palette = ["background", *class_names], voc_palette()
     rows = []
-    for i, name in enumerate(["background", *class_names]):
+    for i in sorted(np.flatnonzero(fractions), key=lambda i: -fractions[i]):
         # Background is left unpainted in the overlay, so its swatch is empty.
         color = "transparent" if i == 0 else "rgb({},{},{})".format(*palette[i])
         swatch = f'<span style="display:inline-block;width:1em;height:1em;border:1px solid #888;background:{color}">'
-        rows.append(f"<tr><td>{swatch}</span></td><td>{html.escape(name)}</td><td>{fractions[i]:.1%}</td></tr>")
-    return f'<table class="groupvit-legend"><tr><th></th><th>class</th><th>pixels</th></tr>{"".join(rows)}</table>'
+        rows.append(f"<tr><td>{swatch}</span></td><td>{html.escape(names[i])}</td><td>{fractions[i]:.1%}</td></tr>")
+    absent = [html.escape(n) for n, f in zip(class_names, fractions[1:], strict=True) if f == 0]
+    missing = f'<p class="groupvit-absent">Not found: {", ".join(absent)}.</p>' if absent else ""
+    header = "<tr><th></th><th>class</th><th>pixels</th></tr>"
+    return f'<table class="groupvit-legend">{header}{"".join(rows)}</table>{missing}'
 
 
 def one_line_refusals(handler):
@@ -215,17 +222,32 @@ class SegmentationApp:
             raise gr.Error(str(e)) from None
         result = segmenter(rgb)
         seconds = time.perf_counter() - start
+        unlike = self.settings.unlike(rgb.shape)
         status = (
             f"{rgb.shape[1]}x{rgb.shape[0]} pixels, {mode} mode, background threshold {float(threshold):.2f}"
             f"{f', {len(naming.background_words)} background words' if naming.background_words else ''}"
             f" (short side resized to {segmenter.short_side}): {seconds:.2f} s on {segmenter.device.type}"
+            + (f". Note: {unlike}, so expect little." if unlike else "")
         )
         return (
-            overlay(rgb, result.labels, names),
+            overlay(rgb, result.labels, names, legend_top=BUTTONS_HEIGHT),
             legend_html(names, result.labels),
             group_maps_image(rgb, result.group_maps),
             status,
         )
+
+    @one_line_refusals
+    def preview(self, path: str | None) -> np.ndarray | None:
+        """The uploaded image as the page shows it before segmenting (checked as `segment` checks it; a small one
+        enlarged to be seen)."""
+        if not path:
+            return None
+        rgb = self.read_image(path)
+        return enlarge_photo(rgb, display_scale(rgb.shape))
+
+    def pick_example(self, selected: gr.SelectData) -> tuple[str, str]:
+        """A click on an example's thumbnail -> (its file for the upload box, its classes)."""
+        return tuple(self.examples[selected.index])
 
     def write_examples(self) -> tuple[list[list[str]], list[str]]:
         """Copy the examples into the temp folder (gradio serves only files it may read) -> ([[path, classes]],
@@ -251,6 +273,7 @@ class SegmentationApp:
 
     def build(self) -> gr.Blocks:
         formats, megapixels = ", ".join(IMAGE_FORMATS), self.limits.max_pixels / 1e6
+        self.examples, labels = self.write_examples()
         calibrated = self.settings.background_threshold is not None
         with gr.Blocks(title="GroupViT segmentation", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
             gr.Markdown(f"# GroupViT: segment a photo into any words\nModel: {self.description}.")
@@ -264,6 +287,7 @@ class SegmentationApp:
                         type="filepath",
                         elem_id="image",
                     )
+                    preview = gr.Image(label="Preview", interactive=False, elem_id="preview", format="png", height=240)
                     classes = gr.Textbox(
                         label=f"Class names, comma-separated (at most {self.limits.max_classes})",
                         value=", ".join(self.settings.classes) or "person, grass, sky",
@@ -295,8 +319,9 @@ class SegmentationApp:
                         elem_id="mode",
                     )
                     button = gr.Button("Segment", variant="primary", elem_id="segment")
-                    rows, labels = self.write_examples()
-                    gr.Examples(rows, inputs=[image, classes], example_labels=labels)
+                    thumbnails = [(path, label) for (path, _), label in zip(self.examples, labels, strict=True)]
+                    examples = gr.Gallery(thumbnails, label="Examples (click one)", columns=4, buttons=[],
+                                          allow_preview=False, interactive=False, elem_id="examples")  # fmt: skip
                 with gr.Column():
                     overlay_out = gr.Image(
                         label="Overlay", type="pil", format="png", interactive=False, elem_id="overlay"
@@ -304,8 +329,16 @@ class SegmentationApp:
                     legend = gr.HTML(elem_id="legend")
                     status = gr.Markdown(elem_id="status")
             groups = gr.Image(label="Groups per stage", type="pil", format="png", interactive=False, elem_id="groups")
-            button.click(self.segment, [image, classes, threshold, mode, words], [overlay_out, legend, groups, status],
-                         api_name="segment")  # fmt: skip
+            results = [overlay_out, legend, groups, status]
+            private = {"api_visibility": "private"}  # page plumbing, not part of the API
+            # Each request first clears the previous result, so that a refusal does not leave it on the page.
+            button.click(lambda: (None, "", None, ""), None, results, queue=False, **private).then(
+                self.segment, [image, classes, threshold, mode, words], results, api_name="segment"
+            )
+            image.change(lambda: None, None, preview, queue=False, **private).then(
+                self.preview, image, preview, **private
+            )
+            examples.select(self.pick_example, None, [image, classes], **private)
         return page
 
 
@@ -340,8 +373,10 @@ def run_app(
         page = SegmentationApp(model, description, warning, temp_dir, limits).build()
         page.queue(max_size=16).launch(
             server_name=host, server_port=port, max_file_size=limits.max_file_size, ssr_mode=False, mcp_server=False,
-            prevent_thread_lock=True,
+            prevent_thread_lock=True, quiet=True,
         )  # fmt: skip
+        # quiet: gradio's lines, among them its hint to make a public link (share=True), which this page is not for
+        print(f"groupvit app: serving http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
         # Our own wait: gradio's blocking wait closes the server gracefully on Ctrl-C, which can hang for minutes on
         # open connections; the server thread is a daemon, so leaving this function ends it.
         threading.Event().wait()

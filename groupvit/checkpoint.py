@@ -36,6 +36,9 @@ FORMAT_TAG = "groupvit"
 # 'model') and an extra key of transformers' config.json (kept as an attribute there), so a round trip through
 # either layout gives back the same model instead of one inferred from shapes.
 CONFIG_KEY = "groupvit_config"
+# The same for the test settings (groupvit.settings: test size, threshold, naming, vocabulary); ours keeps them in
+# the .safetensors metadata under "test_settings".
+SETTINGS_KEY = "groupvit_test_settings"
 # Globals a pickle could use to run code. Anything else unknown becomes an inert placeholder.
 _CODE_MODULES = {"os", "posix", "nt", "subprocess", "sys", "shutil", "importlib", "runpy", "socket", "pty", "code"}
 _CODE_BUILTINS = {"eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr", "breakpoint"}
@@ -515,7 +518,15 @@ def read_checkpoint(
     path: str | Path, config: GroupViTConfig | None = None
 ) -> tuple[dict[str, torch.Tensor], GroupViTConfig, str]:
     """Any supported checkpoint -> (state dict in our layout, checked against the config's model; config; layout)."""
+    return _read_checkpoint(path, config)[:3]
+
+
+def _read_checkpoint(
+    path: str | Path, config: GroupViTConfig | None = None
+) -> tuple[dict[str, torch.Tensor], GroupViTConfig, str, TestSettings | None]:
+    """`read_checkpoint`, and the test settings the file records (in any of the three layouts), or None."""
     path = Path(path)
+    settings_at, settings = path, None  # where the settings were read, for messages; the JSON text or dict
     if not os.path.lexists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
@@ -529,6 +540,7 @@ def read_checkpoint(
         if not weights:
             raise CheckpointError(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin")
         config = config or _hf_config(hf_config, config_file)  # checked before the weights are read
+        settings_at, settings = config_file, hf_config.get(SETTINGS_KEY)
         path = weights[0]
     try:
         input_file(path, "checkpoint")  # a FIFO would block the reader, a device never end
@@ -539,11 +551,13 @@ def read_checkpoint(
         source, metadata = _read_safetensors(path)
         if metadata.get("format") == FORMAT_TAG:
             stored = _json_metadata(metadata.get("config"), path)
+            settings = metadata.get("test_settings")
     else:
         obj = safe_torch_load(path)
         source = _state_dict_from_pickle(obj, path)
         # NVlabs files written by us, and our training checkpoints, carry it
         stored = next((obj[k] for k in (CONFIG_KEY, "model_config") if isinstance(obj, dict) and k in obj), None)
+        settings = obj.get(SETTINGS_KEY) if isinstance(obj, dict) else None
     if any(k.startswith("img_encoder.") for k in source):
         layout = "nvlabs"
     elif any(k.startswith("vision_model.") for k in source):
@@ -569,7 +583,7 @@ def read_checkpoint(
         raise CheckpointError(f"{path}: {len(damaged)} tensors hold NaN or infinite values, e.g. "
                               f"{', '.join(damaged[:3])}; the weights are damaged (from a run that diverged?) and "
                               "would answer nonsense")  # fmt: skip
-    return state, cfg, layout
+    return state, cfg, layout, _test_settings(settings, settings_at)
 
 
 def load_model(
@@ -587,31 +601,23 @@ def load_model(
     from .pretrained import resolve  # it imports this module
 
     path = resolve(name_or_path, source)
-    state_dict, cfg, _ = read_checkpoint(path, config)  # checked against the architecture
+    state_dict, cfg, _, settings = _read_checkpoint(path, config)  # checked against the architecture
     with torch.device("meta"):
         model = GroupViT(cfg)
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}  # fp16/bf16 files too
     model.load_state_dict(state_dict, assign=True)
-    model.test_settings = read_test_settings(path) or model.test_settings
+    model.test_settings = settings or model.test_settings
     return model.to(device).eval()
 
 
-def read_test_settings(path: str | Path) -> TestSettings | None:
-    """The test settings one of our .safetensors files records (groupvit.settings), or None."""
-    path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
+def _test_settings(recorded: str | dict | None, path: Path) -> TestSettings | None:
+    """Test settings as a file records them (JSON text in our metadata, a dict in the other layouts), or None."""
+    if recorded is None:
         return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            text = (f.metadata() or {}).get("test_settings")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} as safetensors; it may be truncated ({e})") from None
-    if text is None:
-        return None
-    stored = _json_metadata(text, path, "the test settings")
-    try:
+        stored = _json_metadata(recorded, path, "the test settings") if isinstance(recorded, str) else recorded
         return TestSettings.from_dict(stored)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: the test settings in its metadata are not valid ({e})") from None
 
 
@@ -660,12 +666,16 @@ def save_model(model: GroupViT, path: str | Path, layout: str = FORMAT_TAG, dtyp
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in export_state_dict(model, "hf").items()}
         atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        config_json = json.dumps(config_to_hf(model.config), indent=2)
+        if model.config.multi_label_logit_scale:
+            warnings.warn("the transformers layout has no multi-label temperature: it is left out (keep it with "
+                          "our .safetensors or --to nvlabs)", stacklevel=2)  # fmt: skip
+        config_json = json.dumps(config_to_hf(model.config) | {SETTINGS_KEY: model.test_settings.to_dict()}, indent=2)
         atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(config_json))
     elif layout == "nvlabs":
         state = {
             "model": {k: v.detach().cpu() for k, v in export_state_dict(model, "nvlabs").items()},
             CONFIG_KEY: exported_config(model.config),
+            SETTINGS_KEY: model.test_settings.to_dict(),
         }
         atomic_write(path, lambda tmp: torch.save(state, tmp))
     else:

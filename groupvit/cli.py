@@ -65,12 +65,12 @@ def _info(args: argparse.Namespace) -> None:
     from .config import model_config
     from .model import GroupViT
 
-    if args.checkpoint:
-        model = load_model(args.checkpoint, source=args.source)
-    elif args.model in list_presets() or args.model.endswith((".yaml", ".yml")):
-        model = GroupViT(model_config(args.model)).eval()
+    # One name, one meaning: a name is weights (synthvoc is the shipped model); architectures come by --preset.
+    weights = args.checkpoint or args.model
+    if args.preset or weights.endswith((".yaml", ".yml")):
+        model = GroupViT(model_config(args.preset or weights)).eval()
     else:
-        model = load_model(args.model)
+        model = load_model(weights, source=args.source)
     cfg = model.config
     size = cfg.vision.image_size
     with torch.no_grad():
@@ -137,16 +137,20 @@ def _segment(args: argparse.Namespace) -> int:
         threshold = BACKGROUND_THRESHOLDS[args.dataset]
     settings = model.test_settings.merged(short_side=args.short_side, mode=args.mode, background_threshold=threshold,
                                           naming=None if naming.official else naming)  # fmt: skip
-    if class_names is None:
-        if not settings.classes:
-            raise ValueError("--classes is required: this model records no vocabulary of its own")
-        class_names = list(settings.classes)
+    class_names = class_names or _recorded_classes(model)
     threshold = settings.background_threshold
     threshold = None if args.no_background else BACKGROUND_THRESHOLDS["voc"] if threshold is None else threshold
-    origin = "recorded with the model" if model.test_settings.recorded(model.config) else "the protocol's"
     used = settings.describe(background="none" if threshold is None else f"{threshold:g}")
-    print(f"groupvit segment: {used} ({origin}; --short-side, --mode, --background-threshold change it)",
-          file=sys.stderr)  # fmt: skip
+    options = {"short_side": "--short-side", "mode": "--mode", "classes": "--classes"}
+    given = {name: flag for name, flag in options.items() if getattr(args, name) is not None}
+    if args.background_threshold is not None:
+        given["background_threshold"] = "--background-threshold"
+    elif args.no_background or args.dataset:
+        given["background_threshold"] = "--no-background" if args.no_background else f"--dataset {args.dataset}"
+    if not naming.official:
+        given["naming"] = "the naming options"
+    print(f"groupvit segment: {used} ({model.test_settings.origins(model.config, given)}; --short-side, --mode, "
+          "--background-threshold change it)", file=sys.stderr)  # fmt: skip
     segmenter = ZeroShotSegmenter(
         model,
         class_names,
@@ -159,11 +163,12 @@ def _segment(args: argparse.Namespace) -> int:
         autocast_dtype=_dtype(args),
         naming=settings.naming,
     )
-    failures = 0
+    failures, noted = 0, []
     for path, stem in tqdm(list(zip(images, stems, strict=True)), desc="segment", unit="image",
                            disable=len(images) < 2):  # fmt: skip
         try:
             rgb = load_image(path)
+            _note_unlike(model, rgb.shape, "segment", noted)
             result = segmenter(rgb)
             pictures = {
                 f"{stem}_overlay.png": overlay(rgb, result.labels, class_names),
@@ -208,17 +213,41 @@ def _output_stems(images: Sequence[Path]) -> list[str]:
     return stems
 
 
+def _recorded_classes(model) -> list[str]:
+    """The vocabulary a model records, for a command given no --classes."""
+    if not model.test_settings.classes:
+        raise ValueError("--classes is required: this model records no vocabulary of its own")
+    return list(model.test_settings.classes)
+
+
+def _note_unlike(model, shape: tuple[int, ...], command: str, noted: list) -> None:
+    """Once per run: what the model knows, when an image is not of the kind it was trained on."""
+    from tqdm import tqdm
+
+    if not noted and (note := model.test_settings.unlike(shape)):
+        noted.append(note)
+        tqdm.write(f"groupvit {command}: note: {note}, so expect little", file=sys.stderr)  # above a progress bar
+
+
 def _classify(args: argparse.Namespace) -> int:
     from .classification import ZeroShotClassifier
+    from .image import load_image
     from .segmentation import MAX_CLASSES, check_class_names
 
-    class_names = check_class_names(args.classes, unique=False, limit=MAX_CLASSES)
+    given = None if args.classes is None else check_class_names(args.classes, unique=False, limit=MAX_CLASSES)
     images = input_files(args.images)
-    classifier = ZeroShotClassifier(_load(args), class_names, templates=args.templates, short_side=args.short_side)
-    failures = 0
+    model = _load(args)
+    class_names = given or _recorded_classes(model)
+    if given is None:
+        print(f"groupvit classify: the {len(class_names)} classes recorded with the model (--classes changes them)",
+              file=sys.stderr)  # fmt: skip
+    classifier = ZeroShotClassifier(model, class_names, templates=args.templates, short_side=args.short_side)
+    failures, noted = 0, []
     for path in images:
         try:
-            ranking = classifier(path, top=args.top)
+            rgb = load_image(path)
+            _note_unlike(model, rgb.shape, "classify", noted)
+            ranking = classifier(rgb, top=args.top)
         except IMAGE_ERRORS as e:
             print(f"groupvit classify: skipped {path}: {describe(e)}", file=sys.stderr)
             failures += 1
@@ -559,9 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="print a model's configuration, parameter count and grouping shapes")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("model", nargs="?", help="an architecture: a preset name (gcc_yfcc, gcc_redcaps, small) or a "
-                      "YAML config (random weights, nothing downloaded); or a checkpoint file or folder")  # fmt: skip
+    what.add_argument("model", nargs="?", help="weights, as --checkpoint takes them (synthvoc: the shipped model), "
+                      "or a model YAML config")  # fmt: skip
     what.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    what.add_argument("--preset", help=f"an architecture with untrained weights, nothing downloaded: a preset "
+                      f"({', '.join(list_presets())}) or a model YAML config")  # fmt: skip
     _add_source_option(p)
     p.set_defaults(run=_info)
 
@@ -656,7 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="rank class names for whole images (zero-shot, ImageNet protocol)")
     p.add_argument("images", nargs="+")
-    p.add_argument("--classes", required=True, help="comma-separated class names (at most 1000)")
+    p.add_argument("--classes", help="comma-separated class names, at most 1000 (default: the vocabulary the model "
+                   "records, as the shipped synthvoc does)")  # fmt: skip
     p.add_argument("--templates", default="subset", choices=["simple", "subset", "full"])
     p.add_argument("--top", type=at_most(MAX_CLASSES), default=5, help="classes listed per image (default: 5)")
     p.add_argument("--short-side", type=at_most(MAX_SHORT_SIDE), metavar="N",

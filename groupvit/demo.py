@@ -57,6 +57,9 @@ RECIPES: dict[str, dict] = {
 }  # fmt: skip
 
 
+# The paper's values of the demo options that are not part of a recipe (comparisons and variants).
+PAPER_VARIANT = {"baseline": None, "soft_assignment": False, "multi_label": True, "drop_boilerplate_nouns": False}
+
 # The background thresholds tried on calib. 0.95: the official VOC threshold. 0.05 (a pixel's score is at least
 # 1/(5 C) = 0.01): the runs with mosaics chose 0.1, the lowest point before (docs/synthvoc.md, tenth round).
 DEMO_THRESHOLDS = (0.05, *(round(0.1 * i, 1) for i in range(1, 10)), 0.95)
@@ -102,10 +105,9 @@ class DemoOptions:
         """The options that differ from the paper's recipe (none for `--recipe paper` without flags)."""
         paper = RECIPES["paper"]
         changed = {key: getattr(self, key) for key in paper if getattr(self, key) != paper[key]}
-        extra = {"baseline": self.baseline, "soft_assignment": self.soft_assignment, "multi_label": self.multi_label,
-                 "drop_boilerplate_nouns": self.drop_boilerplate_nouns}  # fmt: skip
-        default = {"baseline": None, "soft_assignment": False, "multi_label": True, "drop_boilerplate_nouns": False}
-        return changed | {key: value for key, value in extra.items() if value != default[key]}
+        return changed | {
+            key: getattr(self, key) for key, paper in PAPER_VARIANT.items() if getattr(self, key) != paper
+        }
 
 
 def default_data_dir(seed: int, scene: SceneOptions) -> Path:
@@ -420,9 +422,6 @@ def write_report(model, dataset, scenes: dict, result: dict, out: Path, threshol
     from .segmentation import ZeroShotSegmenter
     from .viz import comparison_grid, group_maps_image, result_grid
 
-    def big(a: np.ndarray) -> np.ndarray:  # 3x nearest-neighbour: 64 px scenes are small on a screen
-        return a.repeat(3, axis=0).repeat(3, axis=1)
-
     segmenter = ZeroShotSegmenter(model, dataset.class_names, threshold, mode="whole", short_side=size)
     other = None if shipped is None else ZeroShotSegmenter(shipped, dataset.class_names, group_maps=False)
     rows, groups, largest, ious = [], [], [], []
@@ -433,47 +432,80 @@ def write_report(model, dataset, scenes: dict, result: dict, out: Path, threshol
         ious.append(iou)
         largest.append({"id": image_id, "class": dataset.label_names[label] if label >= 0 else None,
                         "iou": round(100 * iou, 1)})  # fmt: skip
-        rows.append((big(image), big(target), big(seg.labels), *([] if other is None else [big(other(image).labels)])))
-        groups.append([group_maps_image(big(image), [big(g) for g in seg.group_maps])])
+        rows.append((image, target, seg.labels, *([] if other is None else [other(image).labels])))
+        groups.append([group_maps_image(image, seg.group_maps)])
     titles = ("image", "ground truth", "this run", *([] if other is None else [f"shipped {SHIPPED}"]))
-    comparison_grid(rows, dataset.label_names, titles).save(out / "report_grid.png")
-    result_grid(groups).save(out / "report_groups.png")
+    names = [dataset.samples[i][0] for i in range(len(rows))]
+    captions = [f"{name}: {scenes[name]['caption']}" for name in names]
+    comparison_grid(rows, dataset.label_names, titles, captions=captions).save(out / "report_grid.png")
+    result_grid(groups, captions=captions).save(out / "report_groups.png")
     table = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{'absent' if iou is None else f'{iou:.1f}'}</td></tr>"
         for name, iou in result["per_class"].items()
     )
     check = {"scenes": len(rows), "largest_object_correct": sum(iou >= min_iou for iou in ious),
              "min_iou": min_iou, "per_scene": largest}  # fmt: skip
-    captions = "".join(
-        f"<li>{html.escape(dataset.samples[i][0])}: {html.escape(scenes[dataset.samples[i][0]]['caption'])}</li>"
-        for i in range(len(rows))
-    )
+    caption_list = "".join(f"<li>{html.escape(caption)}</li>" for caption in captions)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>groupvit demo</title>
-<style>body{{font-family:sans-serif;margin:2em}}td{{padding:0 1em}}</style></head><body>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:0.1em 1em;text-align:left}}
+table{{border-collapse:collapse;margin:0.5em 0}}tr:nth-child(even){{background:#f2f2f2}}img{{max-width:100%}}
+</style></head><body>
 <h1>SynthVOC zero-shot segmentation</h1>
 <p>Trained on captions only for {result["minutes"]:.1f} minutes ({result["steps"]} steps, {result["images_seen"]}
-image-caption pairs); recipe <b>{html.escape(result["recipe"])}</b>, departures from the paper's recipe:
-{html.escape(json.dumps(result["departures_from_paper"]) if result["departures_from_paper"] else "none")}.</p>
-<p><b>mIoU {result["miou"]:.2f}</b> on {result["images"]} validation scenes (21 classes with background;
-background threshold {threshold} chosen on the calib split; at the official 0.95:
-{result["miou_at_official_threshold"]:.2f}). Final groups in use per image: {result["groups_in_use"]:.2f}
-(by number of objects: {html.escape(json.dumps(result["groups_in_use_by_objects"]))}).
-Oracle-named groups: mIoU {result["oracle"]["miou"]:.2f}. Recognition (each scene's classes among its top-ranked
-classes, pooled embedding / best group): {result["recognition"]["pooled"]:.1f} % /
-{result["recognition"]["best_group"]:.1f} %. Naming chosen on calib among {html.escape(", ".join(NAMINGS))}:
-<b>{html.escape(result["naming_choice"]["chosen"])}</b> (threshold {result["naming_choice"]["threshold"]}), val mIoU
-{result["naming_choice"]["val_miou"]:.2f} (a protocol variant; groupvit.naming).</p>
+image-caption pairs); recipe <b>{html.escape(result["recipe"])}</b>.</p>
+<h2>Results on {result["images"]} validation scenes</h2>
+{results_table(result, threshold)}
 {shipped_paragraph(result.get("shipped_model"))}
+<h2>Departures from the paper's recipe</h2>
+{departures_table(result["departures_from_paper"])}
 {curve_svg(result["curve"])}
 <h2>Validation scenes</h2>
 <p>The largest object segmented and named correctly (IoU >= {min_iou:.1f}) in <b>{check["largest_object_correct"]} of
 {check["scenes"]}</b> scenes below.</p>
 <img src="report_grid.png" alt="image, ground truth and prediction">
 <img src="report_groups.png" alt="final groups of every stage">
-<ol start="0">{captions}</ol>
+<ol start="0">{caption_list}</ol>
 <h2>Per class IoU</h2><table>{table}</table></body></html>"""
     (out / "report.html").write_text(page)
     return check
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A small HTML table, every cell escaped."""
+
+    def row(cells: Sequence[object], tag: str) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(str(c))}</{tag}>" for c in cells) + "</tr>"
+
+    return f"<table>{row(header, 'th')}{''.join(row(r, 'td') for r in rows)}</table>"
+
+
+def results_table(result: dict, threshold: float) -> str:
+    """The report's numbers, one per row, each saying what it measures."""
+    recognition, naming = result["recognition"], result["naming_choice"]
+    by_objects = ", ".join(
+        f"{n} object{'s' * (n != '1')}: {g:.2f}" for n, g in result["groups_in_use_by_objects"].items()
+    )
+    rows = [
+        ("mIoU (21 classes with background)", f"{result['miou']:.2f}",
+         f"background threshold {threshold}, chosen on the calib split"),
+        ("mIoU at the official threshold 0.95", f"{result['miou_at_official_threshold']:.2f}", ""),
+        ("mIoU of oracle-named groups", f"{result['oracle']['miou']:.2f}",
+         "each group named by the class it overlaps most: grouping apart from naming"),
+        ("Recognition, pooled embedding / best group",
+         f"{recognition['pooled']:.1f} % / {recognition['best_group']:.1f} %",
+         "each scene's classes among its top-ranked classes"),
+        ("Final groups in use per image", f"{result['groups_in_use']:.2f}", by_objects),
+        (f"mIoU with the naming chosen on calib: {naming['chosen']}", f"{naming['val_miou']:.2f}",
+         f"threshold {naming['threshold']}, among {', '.join(NAMINGS)} (a protocol variant; groupvit.naming)"),
+    ]  # fmt: skip
+    return html_table(("", "value", "how"), rows)
+
+
+def departures_table(departures: dict) -> str:
+    if not departures:
+        return "<p>None: this run is the paper's recipe.</p>"
+    paper = RECIPES["paper"] | PAPER_VARIANT
+    return html_table(("option", "this run", "paper"), [(k, v, paper[k]) for k, v in departures.items()])
 
 
 def shipped_paragraph(scores: dict | None) -> str:
@@ -488,25 +520,30 @@ def shipped_paragraph(scores: dict | None) -> str:
 
 
 def curve_svg(history: list[dict], width: int = 480, height: int = 200) -> str:
-    """An inline SVG line chart of validation mIoU (and groups in use) against training minutes."""
+    """An inline SVG chart of validation mIoU against training minutes: a marker and its value per evaluation, joined
+    by a line, on axes from 0 (so a short run's one or two evaluations show too)."""
     if not history:
-        return ""
+        return "<p>No validation mIoU was measured during training (eval_every=0).</p>"
     top_x = max(h["minutes"] for h in history) or 1.0
     top_y = max(100.0, *(h["miou"] for h in history))
-
-    def xy(h: dict) -> str:
-        return f"{40 + (width - 50) * h['minutes'] / top_x:.1f},{height - 20 - (height - 30) * h['miou'] / top_y:.1f}"
-
-    points = " ".join(xy(h) for h in history)
-    labels = "".join(
-        f'<text x="{xy(h).split(",")[0]}" y="{float(xy(h).split(",")[1]) - 6:.1f}" font-size="10">'
-        f"{h['miou']:.1f}</text>"
-        for h in history
+    points = [(40 + (width - 50) * h["minutes"] / top_x, height - 20 - (height - 30) * h["miou"] / top_y, h)
+              for h in history]  # fmt: skip
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in points)
+    marks = "".join(
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="steelblue"/><text x="{x - 8:.1f}" y="{y - 6:.1f}" '
+        f'font-size="10">{h["miou"]:.1f}</text>'
+        for x, y, h in points
+    )
+    steps = (
+        f"at step {history[0]['step']}"
+        if len(history) == 1
+        else f"at steps {', '.join(str(h['step']) for h in history)}"
     )
     return (
-        f'<h2>Validation mIoU (first 200 scenes, threshold 0.95) during training</h2><svg width="{width}" '
-        f'height="{height}"><line x1="40" y1="{height - 20}" x2="{width - 10}" y2="{height - 20}" stroke="black"/>'
-        f'<line x1="40" y1="10" x2="40" y2="{height - 20}" stroke="black"/><polyline points="{points}" fill="none" '
-        f'stroke="steelblue" stroke-width="2"/>{labels}<text x="{width - 90}" y="{height - 4}" font-size="11">'
-        f"{top_x:.1f} min</text></svg>"
+        f"<h2>Validation mIoU (first 200 scenes, threshold 0.95) during training</h2><p>Measured {steps}.</p>"
+        f'<svg width="{width}" height="{height}"><line x1="40" y1="{height - 20}" x2="{width - 10}" y2="{height - 20}" '
+        f'stroke="black"/><line x1="40" y1="10" x2="40" y2="{height - 20}" stroke="black"/><polyline points="{line}" '
+        f'fill="none" stroke="steelblue" stroke-width="2"/>{marks}<text x="36" y="{height - 4}" font-size="11">0</text>'
+        f'<text x="{width - 60}" y="{height - 4}" font-size="11">{top_x:.1f} min</text><text x="4" y="16" '
+        f'font-size="11">{top_y:.0f}</text><text x="24" y="{height - 20}" font-size="11">0</text></svg>'
     )

@@ -18,9 +18,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import logging
 import os
 import re
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from importlib import resources
@@ -41,6 +44,9 @@ NVLABS_MIRRORS = (
 SOURCE_KINDS = ("hf", "nvlabs", "package")
 CHUNK = 1 << 16
 TIMEOUT = 60  # seconds without data before a download gives up (it resumes on the next call)
+# Seconds to open a connection to a source before calling it unreachable. Without this check, huggingface_hub
+# retries an unreachable hub five times over about 25 s, logging two lines each time.
+CONNECT_TIMEOUT = 3
 
 
 class DownloadError(CheckpointError):
@@ -116,6 +122,21 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def unreachable(url: str) -> str | None:
+    """Why `url`'s host (or the proxy the environment sets for it) cannot be reached, from one short TCP connection
+    attempt, or None when it can."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=CONNECT_TIMEOUT):
+            return None
+    except OSError as e:
+        return f"{parts.hostname}:{port} unreachable ({getattr(e, 'strerror', None) or e or type(e).__name__})"
+
+
 def parse(spec: str, source: str | None = None) -> tuple[Pretrained, list[Source]] | None:
     """`NAME`, `NAME@SOURCE` or `hf-hub:ORG/REPO[@REV]` -> (entry, sources to try in order); None for anything else."""
     if spec.startswith("hf-hub:"):
@@ -153,7 +174,8 @@ def resolve(name_or_path: str | Path, source: str | None = None) -> Path:
     if spec in list_presets():
         raise CheckpointError(
             f"{spec!r} is a model preset without released weights; for untrained random weights of that "
-            f"architecture pass --random-init {spec} (Python: GroupViT(model_config({spec!r})))"
+            f"architecture pass --random-init {spec} (`groupvit info --preset {spec}`; Python: "
+            f"GroupViT(model_config({spec!r})))"
         )
     raise CheckpointError(
         f"checkpoint not found: {spec} (not a file or folder, nor a released name: {', '.join(PRETRAINED)}, "
@@ -257,9 +279,17 @@ def _fetch_hf(src: Source) -> Path:
     if re.fullmatch(r"[0-9a-f]{40}", src.revision) and (local := cached(src)):
         return local  # a commit never changes: no request at all (the hub would ask for model.safetensors first)
 
-    def get(filename: str) -> Path:
-        return Path(hf_hub_download(src.location, filename, revision=src.revision))
+    from huggingface_hub import constants
 
+    # Offline or unreachable: the cache only (a moving revision such as main may be cached), no retries.
+    why = "offline (HF_HUB_OFFLINE is set)" if _offline() else unreachable(constants.ENDPOINT)
+
+    def get(filename: str) -> Path:
+        return Path(hf_hub_download(src.location, filename, revision=src.revision, local_files_only=bool(why)))
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings; our error says what failed, in one line
     try:
         get("config.json")
         with contextlib.suppress(EntryNotFoundError):  # not in this repo at this revision (or not cached)
@@ -269,10 +299,13 @@ def _fetch_hf(src: Source) -> Path:
         raise KeyboardInterrupt("the partial download is kept in the Hugging Face cache; run the same command again "
                                 "to resume it") from None  # fmt: skip
     except LocalEntryNotFoundError:
-        why = "offline (HF_HUB_OFFLINE is set)" if _offline() else "the hub is unreachable"
-        raise DownloadError(f"{why} and the files are not in the Hugging Face cache") from None
+        raise DownloadError(
+            f"{why or 'the hub is unreachable'} and the files are not in the Hugging Face cache"
+        ) from None
     except (EntryNotFoundError, HfHubHTTPError, OSError) as e:
         raise DownloadError(str(e).strip().splitlines()[0]) from None
+    finally:
+        hub_log.setLevel(level)
 
 
 # --------------------------------------------------------------------------- NVlabs release files
@@ -297,6 +330,9 @@ def _fetch_nvlabs(src: Source) -> Path:
         failures = []
         for base in base_urls:
             url = f"{base.rstrip('/')}/{src.location}"
+            if why := unreachable(url):  # fails in seconds where a silent network would hold urlopen for TIMEOUT
+                failures.append(f"{url}: {why}")
+                continue
             try:
                 _download_verified(url, final, match.group(1))
                 return final

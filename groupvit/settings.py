@@ -22,6 +22,13 @@ from .config import GroupViTConfig
 from .naming import Naming
 
 MODES = ("slide", "whole")
+# The settings a command reports, as it names them.
+LABELS = {"short_side": "short side", "mode": "mode", "background_threshold": "background threshold",
+          "naming": "naming", "classes": "classes"}  # fmt: skip
+# What a model trained on a kind of images knows, and a test of whether an image [H, W, ...] can be one of them:
+# SynthVOC scenes are square (96 px by default).
+KINDS = {"synthvoc": ("SynthVOC's emoji-like scenes of the 20 VOC classes, not photographs",
+                      lambda shape: shape[0] == shape[1])}  # fmt: skip
 FROM_MODEL = object()  # an argument default: "what the model's test settings say"
 
 
@@ -91,6 +98,30 @@ class TestSettings:
     def recorded(self, config: GroupViTConfig) -> bool:
         """Whether these differ from the protocol's for the model's size (so were recorded with the model)."""
         return self != TestSettings.for_config(config)
+
+    def origins(self, config: GroupViTConfig, given: dict[str, str]) -> str:
+        """Where each setting of a run comes from, these being the model's: `given` maps a setting to the option
+        that gave it ({"background_threshold": "--dataset context"}); the others were recorded with the model where
+        they differ from the protocol's for its size, else they are the protocol's."""
+        protocol = TestSettings.for_config(config)
+        groups: dict[str, list[str]] = {}
+        for name, label in LABELS.items():
+            if name in given:
+                where = f"from {given[name]}"
+            else:
+                where = (
+                    "recorded with the model" if getattr(self, name) != getattr(protocol, name) else "the protocol's"
+                )
+            groups.setdefault(where, []).append(label)
+        return "; ".join(f"{', '.join(labels)}: {where}" for where, labels in groups.items())
+
+    def unlike(self, shape: tuple[int, ...]) -> str | None:
+        """What the model knows, when an image of this shape [H, W, ...] cannot be of the kind it was trained on
+        (a photograph given to a SynthVOC model); else None."""
+        kind = KINDS.get(self.trained_on)
+        if kind is None or kind[1](shape):
+            return None
+        return f"this model knows {kind[0]}; an image of {shape[1]}x{shape[0]} pixels is not one of them"
 
     def describe(self, background: str | None = None) -> str:
         """One line for users: what these settings do (`background`: the threshold as a caller resolved it)."""

@@ -23,7 +23,7 @@ from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 import groupvit
-from groupvit.app import SYNTHVOC_EXAMPLES, Limits, SegmentationApp, legend_html, load_app_model
+from groupvit.app import BUTTONS_HEIGHT, SYNTHVOC_EXAMPLES, Limits, SegmentationApp, legend_html, load_app_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -46,6 +46,12 @@ def upload(app: SegmentationApp, name: str, image: Image.Image) -> str:
     return str(path)
 
 
+def table_shares(page) -> dict[str, float]:
+    """The class table on the page: class -> percent of the pixels, in its order."""
+    rows = page.locator("#legend table").inner_text().splitlines()[1:]
+    return {row.split("\t")[1]: float(row.split("\t")[2][:-1]) for row in rows}
+
+
 def percentages(legend: str) -> dict[str, float]:
     return {name: float(p) for name, p in re.findall(r"<td>([^<]+)</td><td>([\d.]+)%</td>", legend)}
 
@@ -56,12 +62,44 @@ def percentages(legend: str) -> dict[str, float]:
 def test_segment_returns_overlay_legend_and_group_maps(app):
     photo = Image.fromarray(skimage.data.chelsea()[:120, :160])
     overlay, legend, groups, status = app.segment(upload(app, "cat.png", photo), "cat, floor", 0.0, "whole")
-    assert overlay.height == 120 and overlay.width > 160  # the legend column of the classes present
+    # Enlarged 3 times to a long side of at least 384; the legend column of the classes present beside it.
+    assert overlay.height == 360 and overlay.width > 480
+    picture = np.array(overlay)
+    assert (picture[:BUTTONS_HEIGHT, 480:] == 255).all()  # nothing under gradio's buttons: the legend starts below
+    assert (picture[BUTTONS_HEIGHT:, 480:] != 255).any()
     shares = percentages(legend)
-    assert list(shares) == ["background", "cat", "floor"]
-    assert shares["background"] == 0.0 and sum(shares.values()) == pytest.approx(100.0, abs=0.2)  # threshold 0
-    assert groups.size == (3 * 160 + 2 * 4, 120)  # photo and the two grouping stages
+    assert "background" not in shares and set(shares) <= {"cat", "floor"}  # threshold 0: no background; found only
+    assert sum(shares.values()) == pytest.approx(100.0, abs=0.2) and list(shares.values()) == sorted(
+        shares.values(), reverse=True
+    )
+    assert groups.size == (3 * 480 + 2 * 4, 20 + 360 + 4)  # titles; photo and the two grouping stages
     assert "160x120 pixels, whole mode" in status
+
+
+def test_the_class_table_lists_the_classes_found_largest_first():
+    labels = np.array([[2, 2, 0, 1], [2, 2, 0, 1]])  # b 50 %, background 25 %, a 25 %, c absent
+    legend = legend_html(["a", "b", "c"], labels)
+    assert list(percentages(legend).items()) == [("b", 50.0), ("background", 25.0), ("a", 25.0)]
+    assert legend.endswith('<p class="groupvit-absent">Not found: c.</p>')
+    assert "Not found" not in legend_html(["a"], np.ones((2, 2), int))
+
+
+def test_an_upload_is_previewed_as_checked_and_a_photo_gets_a_note_from_a_synthvoc_model(app, tmp_path):
+    path = upload(app, "small.png", Image.fromarray(np.full((24, 32, 3), 7, np.uint8)))
+    preview = app.preview(path)
+    assert preview.shape == (12 * 24, 12 * 32, 3) and (preview == 7).all()  # enlarged 12 times to 384
+    assert app.preview(None) is None
+    (app.temp_dir / "upload" / "bad.png").write_text("no image")
+    with pytest.raises(gr.Error, match=r"bad\.png is not a PNG"):  # refused at upload, as segment refuses it
+        app.preview(str(app.temp_dir / "upload" / "bad.png"))
+    synthvoc = SegmentationApp(groupvit.load_model("synthvoc"), "shipped", None, tmp_path / "s")
+    (tmp_path / "s").mkdir()
+    photo = upload(synthvoc, "photo.png", Image.new("RGB", (90, 60), "gray"))
+    status = synthvoc.segment(photo, "cat, dog", 0.5, "whole")[3]
+    assert status.endswith("Note: this model knows SynthVOC's emoji-like scenes of the 20 VOC classes, not "
+                           "photographs; an image of 90x60 pixels is not one of them, so expect little.")  # fmt: skip
+    square = upload(synthvoc, "scene.png", Image.new("RGB", (60, 60), "gray"))
+    assert "Note" not in synthvoc.segment(square, "cat, dog", 0.5, "whole")[3]
 
 
 def test_text_embeddings_are_cached_per_vocabulary_across_requests(app):
@@ -78,7 +116,7 @@ def test_text_embeddings_are_cached_per_vocabulary_across_requests(app):
 
 def test_large_photos_are_reduced_before_segmentation(app):
     _, _, groups, status = app.segment(upload(app, "wide.png", Image.new("RGB", (400, 100))), "sky", 0.9, "whole")
-    assert "200x50 pixels" in status and groups.height == 50
+    assert "200x50 pixels" in status and groups.height == 20 + 2 * 50 + 4  # enlarged twice for the page
 
 
 def test_legend_escapes_class_names():
@@ -256,6 +294,8 @@ def test_page_in_a_browser(server, photos, tmp_path):
                 page.locator("#image button[aria-label=Clear]").click()
             file_input.set_input_files(photos[photo])
             expect(page.locator("#image")).to_contain_text(Path(photo).stem)
+            if photo in ("chelsea.jpg", "astronaut.jpg"):  # accepted: seen before it is segmented
+                expect(page.locator("#preview img")).to_be_visible(timeout=30_000)
             page.locator("#classes textarea").fill(classes)
             page.locator("#segment").click()
 
@@ -264,11 +304,14 @@ def test_page_in_a_browser(server, photos, tmp_path):
         page.locator("#mode").get_by_text("whole", exact=True).click()
         submit("chelsea.jpg", "cat, floor, wall")
         expect(page.locator("#overlay img")).to_be_visible(timeout=60_000)
-        expect(page.locator("#legend")).to_contain_text("wall")
-        legend = page.locator("#legend").inner_text()
-        shares = {row.split("\t")[1]: float(row.split("\t")[2][:-1]) for row in legend.splitlines()[1:]}
-        assert list(shares) == ["background", "cat", "floor", "wall"] and shares["background"] == 0.0
+        expect(page.locator("#legend")).to_contain_text("pixels")
+        shares = table_shares(page)  # the classes found, largest first; no background at threshold 0
+        assert "background" not in shares and set(shares) <= {"cat", "floor", "wall"}
+        assert list(shares.values()) == sorted(shares.values(), reverse=True)
         assert sum(shares.values()) == pytest.approx(100.0, abs=0.2)
+        absent = sorted({"cat", "floor", "wall"} - set(shares))
+        if absent:
+            expect(page.locator("#legend")).to_contain_text(f"Not found: {', '.join(absent)}.")
         overlay_width = page.locator("#overlay img").evaluate("img => img.naturalWidth")
         assert overlay_width > 451  # the photo plus its legend column
         expect(page.locator("#groups img")).to_be_visible()
@@ -277,11 +320,14 @@ def test_page_in_a_browser(server, photos, tmp_path):
         page.screenshot(path=tmp_path / "segmented.png", full_page=True)
         assert (tmp_path / "segmented.png").stat().st_size > 10_000
 
-        # Bad uploads: each shows its reason on the page.
+        # Bad uploads: each shows its reason on the page, and the previous result is gone.
         submit("big.png", "cat")
-        expect(page.get_by_text("big.png is 500x500 = 0.25 megapixels, over the limit of 0.2")).to_be_visible()
+        expect(page.get_by_text("big.png is 500x500 = 0.25 megapixels, over the limit of 0.2").first).to_be_visible()
+        expect(page.locator("#overlay img")).to_have_count(0)
+        expect(page.locator("#groups img")).to_have_count(0)
+        assert "pixels" not in page.locator("#legend").inner_text()
         submit("fake.png", "cat")
-        expect(page.get_by_text("fake.png is not a PNG, JPEG, WEBP, BMP, GIF, TIFF image")).to_be_visible()
+        expect(page.get_by_text("fake.png is not a PNG, JPEG, WEBP, BMP, GIF, TIFF image").first).to_be_visible()
         page.locator("#image button[aria-label=Clear]").click()
         file_input.set_input_files(photos["notes.txt"])  # refused by the page before it is sent
         expect(page.get_by_text("Invalid file type: notes.txt")).to_be_visible()
@@ -294,10 +340,14 @@ def test_page_in_a_browser(server, photos, tmp_path):
         submit("astronaut.jpg", "person, flag")
         expect(page.locator("#legend")).to_contain_text("flag", timeout=60_000)
         expect(page.locator("#status")).to_contain_text("256x256 pixels")
-        # And an example photo with its words (scikit-image's chelsea; the others are over this server's limit).
+        # And an example photo with its words (scikit-image's chelsea; the others are over this server's limit): a
+        # thumbnail to click.
         page.locator("#image button[aria-label=Clear]").click()
-        page.get_by_role("button", name="chelsea").click()
+        thumbnail = page.locator("#examples button").filter(has=page.get_by_alt_text("chelsea"))
+        assert thumbnail.locator("img").evaluate("img => img.naturalWidth") > 100
+        thumbnail.click()
         expect(page.locator("#classes textarea")).to_have_value("cat, floor")
+        expect(page.locator("#image")).to_contain_text("chelsea")
         page.locator("#segment").click()
         expect(page.locator("#legend")).to_contain_text("floor", timeout=60_000)
         expect(page.locator("#status")).to_contain_text("451x300 pixels")
@@ -340,14 +390,16 @@ def test_page_serves_the_shipped_model_by_default(tmp_path):
         vocabulary = ", ".join(settings.classes)
         expect(page.locator("#classes textarea")).to_have_value(vocabulary)
         expect(page.locator("#threshold input[type=number]")).to_have_value(f"{settings.background_threshold:g}")
-        page.get_by_role("button", name=examples[0]["caption"]).click()
+        page.locator("#examples button").filter(has=page.get_by_alt_text(examples[0]["caption"])).click()
         expect(page.locator("#classes textarea")).to_have_value(vocabulary)
+        expect(page.locator("#preview img")).to_be_visible(timeout=30_000)
         page.locator("#segment").click()
         expect(page.locator("#overlay img")).to_be_visible(timeout=60_000)
         expect(page.locator("#status")).to_contain_text("whole mode")
         expect(page.locator("#status")).to_contain_text("short side resized to 64")
-        legend = page.locator("#legend").inner_text()
-        shares = {row.split("\t")[1]: float(row.split("\t")[2][:-1]) for row in legend.splitlines()[1:]}
-        assert shares[examples[0]["largest"]] > 0, shares
+        shares = table_shares(page)
+        assert shares.get(examples[0]["largest"], 0) > 0, shares
         page.screenshot(path=tmp_path / "shipped.png", full_page=True)
         browser.close()
+        log = (tmp_path / "app.log").read_text()
+        assert f"groupvit app: serving {url} (Ctrl-C stops it)" in log and "share=True" not in log, log

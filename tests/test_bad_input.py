@@ -431,7 +431,7 @@ def test_nvlabs_round_trip_keeps_the_config_and_inference_warns(inputs, tmp_path
     assert "warning" not in capsys.readouterr().err
     assert groupvit.load_model(tmp_path / "back.safetensors").config == original.config
     state = torch.load(tmp_path / "nv.pth", weights_only=True)
-    assert set(state) == {"model", "groupvit_config"}
+    assert set(state) == {"model", "groupvit_config", "groupvit_test_settings"}
     torch.save({"model": state["model"]}, tmp_path / "reference.pth")  # as the reference writes it
     with pytest.warns(UserWarning, match=r"reference\.pth carries no model config: .* \(2 image, 2 text\)"):
         inferred = groupvit.load_model(tmp_path / "reference.pth")

@@ -138,10 +138,10 @@ def test_overlay_blends_foreground_only_and_lists_present_classes():
     image = np.full((4, 4, 3), 100, np.uint8)
     labels = np.zeros((4, 4), int)
     labels[:2] = 2  # class_names[1]
-    out = np.array(overlay(image, labels, ["cat", "dog"], alpha=0.5, legend=False))
+    out = np.array(overlay(image, labels, ["cat", "dog"], alpha=0.5, legend=False, min_side=1))
     assert out[3, 3].tolist() == [100, 100, 100]  # background untouched
     assert out[0, 0].tolist() == [50, 114, 50]  # 0.5 * 100 + 0.5 * (0, 128, 0)
-    with_legend = overlay(image, labels, ["cat", "dog"])
+    with_legend = overlay(image, labels, ["cat", "dog"], min_side=1)
     assert with_legend.width > 4
     legend = np.array(with_legend)[:, 4:]
     assert (legend == [0, 128, 0]).all(axis=-1).any()  # the dog swatch

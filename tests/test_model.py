@@ -146,10 +146,33 @@ def test_config_yaml_round_trip(tmp_path):
 
 
 def test_info_cli():
-    run = subprocess.run([sys.executable, "-m", "groupvit", "info", "gcc_yfcc"], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "groupvit", "info", "--preset", "gcc_yfcc"], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
     assert "parameters: 55,726,610" in run.stdout
     assert "196 tokens into 64 groups -> 64 tokens into 8 groups" in run.stdout
+
+
+def test_info_names_weights_and_presets_are_asked_for_as_presets(capsys):
+    """`info synthvoc` is the shipped model, as `--checkpoint synthvoc` is; the untrained preset is `--preset`."""
+    from groupvit.cli import main
+
+    def parameters(model: groupvit.GroupViT) -> str:
+        return f"parameters: {sum(p.numel() for p in model.parameters()):,}"
+
+    shipped = groupvit.load_model("synthvoc")
+    assert main(["info", "synthvoc"]) == 0
+    out = capsys.readouterr().out
+    assert parameters(shipped) in out and "test settings (recorded with the model)" in out
+    assert f"about: {shipped.test_settings.about}" in out
+    assert main(["info", "--preset", "synthvoc"]) == 0
+    out = capsys.readouterr().out
+    preset = parameters(groupvit.GroupViT(groupvit.model_config("synthvoc")))
+    assert preset in out and preset != parameters(shipped)
+    assert "the protocol's for its size" in out and "about:" not in out
+    assert main(["info", "small"]) == 2  # a preset without weights: pointed to --preset
+    assert "`groupvit info --preset small`" in capsys.readouterr().err
 
 
 def test_grad_checkpointing_gives_the_same_gradients():

@@ -131,6 +131,33 @@ def test_unreachable_release_server_is_one_line_and_exit_2(tmp_path, monkeypatch
     assert not list((tmp_path / "pretrained").glob("*.pth*"))
 
 
+@pytest.mark.parametrize("command", ["segment", "classify", "download", "app", "info"])
+def test_no_network_fails_at_once_in_one_line_without_hub_retries(command, tmp_path, monkeypatch, capfd):
+    """The hub endpoint and the release server on closed local ports, empty caches: huggingface_hub would retry
+    five times, logging each retry; the command says what failed in our one line only."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("GROUPVIT_NVLABS_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("GROUPVIT_CACHE", str(tmp_path / "gv"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    image = [str(tmp_path / "a.png")]
+    argv = {"segment": [*image, "--classes", "cat", "--out", str(tmp_path / "out"), "--checkpoint", "gcc_yfcc"],
+            "classify": [*image, "--classes", "cat,dog", "--checkpoint", "gcc_yfcc"], "download": ["gcc_yfcc"],
+            "app": ["--checkpoint", "gcc_yfcc"], "info": ["--checkpoint", "gcc_yfcc"]}[command]  # fmt: skip
+    assert main([command, *argv]) == 2
+    out, err = capfd.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"groupvit {command}: error: cannot get the gcc_yfcc weights; tried hf (nvidia/")
+    assert "unreachable (Connection refused) and the files are not in the Hugging Face cache" in err
+    assert "Retry" not in err and "thrown while requesting" not in err
+    with pytest.raises(DownloadError, match="unreachable") as error:
+        groupvit.load_model("gcc_yfcc")
+    assert "\n" not in str(error.value) and capfd.readouterr().err == ""
+
+
 # ----------------------------------------------------------------------------- the NVlabs source, served locally
 
 

@@ -163,3 +163,71 @@ def test_convert_stores_half_precision_and_keeps_the_settings(recorded_checkpoin
     assert main(["convert", str(recorded_checkpoint), str(tmp_path / "nv.pth"), "--to", "nvlabs", "--dtype",
                  "float16"]) == 2  # fmt: skip
     assert "--dtype float16 applies to our .safetensors layout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["hf", "nvlabs"])
+def test_every_layout_keeps_the_settings_and_vocabulary_through_a_round_trip(layout, recorded_checkpoint, tmp_path,
+                                                                             capsys):  # fmt: skip
+    from groupvit.cli import main
+
+    exported = tmp_path / ("exported" if layout == "hf" else "exported.pth")
+    assert main(["convert", str(recorded_checkpoint), str(exported), "--to", layout]) == 0
+    err = capsys.readouterr().err
+    assert groupvit.load_model(exported).test_settings == RECORDED
+    if layout == "hf":  # where transformers looks, beside its own config; and what the layout cannot hold is named
+        assert json.loads((exported / "config.json").read_text())["groupvit_test_settings"]["classes"] == ["cat", "dog"]
+        assert "multi-label temperature" not in err  # this model has none
+        with_temperature = GroupViT(dataclasses.replace(model_config("small"), multi_label_logit_scale=True))
+        with pytest.warns(UserWarning, match="the transformers layout has no multi-label temperature: it is left out"):
+            groupvit.save_model(with_temperature, tmp_path / "temperature", layout="hf")
+    back = tmp_path / "back.safetensors"
+    assert main(["convert", str(exported), str(back)]) == 0
+    assert groupvit.load_model(back).test_settings == RECORDED
+    (tmp_path / "broken").mkdir()
+    hf_config = json.loads((exported / "config.json").read_text()) if layout == "hf" else None
+    if hf_config is not None:  # a damaged entry is named with its file
+        hf_config["groupvit_test_settings"] = {"mode": "zoom"}
+        for name in ("config.json", "model.safetensors"):
+            (tmp_path / "broken" / name).write_bytes((exported / name).read_bytes())
+        (tmp_path / "broken" / "config.json").write_text(json.dumps(hf_config))
+        with pytest.raises(CheckpointError, match=r"broken/config\.json: the test settings .* not valid .*zoom"):
+            groupvit.load_model(tmp_path / "broken")
+
+
+def test_classify_uses_the_recorded_vocabulary_and_the_settings_line_names_each_source(
+    recorded_checkpoint, small_checkpoint, tmp_path, capsys
+):
+    from groupvit.cli import main
+
+    rng = np.random.default_rng(0)
+    square, photo = tmp_path / "square.png", tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(square)
+    Image.fromarray(rng.integers(0, 255, (40, 70, 3), dtype=np.uint8)).save(photo)
+    assert main(["classify", str(square), "--checkpoint", str(recorded_checkpoint)]) == 0
+    out, err = capsys.readouterr()
+    assert err == "groupvit classify: the 2 classes recorded with the model (--classes changes them)\n"
+    ranked = {entry.rsplit(" ", 1)[0] for entry in out.split(": ", 1)[1].strip().split(", ")}
+    assert ranked == {"cat", "dog"}
+    # A model trained on (square) SynthVOC scenes given photographs: what it knows, said once.
+    assert main(["classify", str(photo), str(square), str(photo), "--checkpoint", str(recorded_checkpoint),
+                 "--classes", "car,tree"]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    assert err.count("note: this model knows SynthVOC's emoji-like scenes") == 1 and "70x40 pixels" in err
+    assert "recorded with the model" not in err and out.count("car") == 3
+    assert main(["classify", str(square), "--checkpoint", str(small_checkpoint)]) == 2
+    assert "--classes is required: this model records no vocabulary of its own" in capsys.readouterr().err
+
+    def settings_line(*argv: str, checkpoint=recorded_checkpoint) -> str:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        assert main(["segment", str(square), "--checkpoint", str(checkpoint), "--out", str(out), *argv]) == 0
+        return capsys.readouterr().err.splitlines()[0]
+
+    line = settings_line("--short-side", "48", "--dataset", "context")
+    assert line.startswith("groupvit segment: short side 48, whole mode (one pass), background threshold 0.35")
+    assert ("(short side: from --short-side; mode, naming, classes: recorded with the model; background threshold: "
+            "from --dataset context;") in line  # fmt: skip
+    line = settings_line("--mode", "slide", "--classes", "car", "--background-threshold", "0.5", "--min-area", "0.1")
+    assert ("(short side: recorded with the model; mode: from --mode; background threshold: from "
+            "--background-threshold; naming: from the naming options; classes: from --classes;") in line  # fmt: skip
+    line = settings_line("--classes", "car", "--no-background", checkpoint=small_checkpoint)
+    assert "(short side, mode, naming: the protocol's; background threshold: from --no-background; classes: " in line

@@ -129,8 +129,10 @@ def test_boilerplate_words_never_drop_an_object_or_clutter_word():
     assert {"photo", "illustration", "background", "cartoon", "clipart", "stock", "image", "is", "look"} <= filler
 
 
-def test_voc_layout_round_trips_and_shards_hold_captions(tmp_path):
-    assert generate(tmp_path / "a", SMALL, workers=2, progress=False)
+def test_voc_layout_round_trips_and_shards_hold_captions(tmp_path, capsys):
+    assert generate(tmp_path / "a", SMALL, workers=2)
+    # The bar counts scenes: 30 training (shards of 16 and 14), 12 + 4 + 4 labelled.
+    assert re.search(r"generating SynthVOC: 100%\|[^|]*\| 50/50 \[.*scene/s\]", capsys.readouterr().err)
     assert not generate(tmp_path / "a", SMALL, workers=2, progress=False)  # cached
     voc = voc_root(tmp_path / "a")
     for split, n in (("val", 12), ("test", 4), ("calib", 4)):
@@ -495,3 +497,25 @@ def test_two_demos_prepare_one_data_folder_in_turn(tmp_path, monkeypatch, capsys
         run.join()
     assert events == ["generate", "tag", "tagged"] * 2
     assert f"waiting for another process preparing {tmp_path / 'd'}" in capsys.readouterr().out
+
+
+def test_the_report_draws_short_curves_and_tables_not_json():
+    from groupvit.demo import curve_svg, departures_table, results_table
+
+    one = [{"step": 37, "minutes": 0.3, "miou": 4.7}]
+    svg = curve_svg(one)
+    assert svg.count("<circle") == 1 and ">4.7</text>" in svg and "Measured at step 37." in svg
+    two = curve_svg([{"step": 0, "minutes": 0.0, "miou": 1.0}, {"step": 80, "minutes": 1.0, "miou": 10.0}])
+    assert two.count("<circle") == 2 and 'points="40.0,178.3 470.0,163.0"' in two  # 10 of 100 over 170 px
+    assert "eval_every=0" in curve_svg([])
+    departures = departures_table({"loss": "sigmoid", "baseline": "vit"})
+    assert "<tr><td>loss</td><td>sigmoid</td><td>softmax</td></tr>" in departures
+    assert "<tr><td>baseline</td><td>vit</td><td>None</td></tr>" in departures
+    assert "paper's recipe" in departures_table({})
+    result = {"miou": 12.345, "miou_at_official_threshold": 8.0, "oracle": {"miou": 30.0}, "groups_in_use": 3.5,
+              "recognition": {"pooled": 40.0, "best_group": 35.5}, "groups_in_use_by_objects": {"1": 2.0, "3": 4.25},
+              "naming_choice": {"chosen": "area_0.1", "val_miou": 13.0, "threshold": 0.3}}  # fmt: skip
+    table = results_table(result, 0.4)
+    assert "<td>12.35</td><td>background threshold 0.4, chosen on the calib split</td>" in table
+    assert "<td>40.0 % / 35.5 %</td>" in table and "1 object: 2.00, 3 objects: 4.25" in table
+    assert "{" not in table and "mIoU with the naming chosen on calib: area_0.1</td><td>13.00" in table

@@ -206,3 +206,13 @@ def test_missing_shards_fail_before_training(tmp_path):
         expand_shards(f"{tmp_path}/{{000..002}}.tar")
     assert expand_shards("pipe:cat a.tar::https://host/{0..1}.tar") == ["pipe:cat a.tar", "https://host/0.tar",
                                                                          "https://host/1.tar"]  # fmt: skip
+
+
+def test_a_time_budget_bar_shows_steps_images_per_second_time_left_and_ends_at_100(dataset, tmp_path):
+    run = subprocess.run(train_cmd(dataset, tmp_path, "--batch-size", "8", "minutes=0.05", "eval_every=0"),
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    steps = int(re.search(r"trained (\d+) steps", run.stdout).group(1))
+    states = [s.strip() for s in re.split(r"[\r\n]", run.stderr) if s.strip().startswith("train ")]
+    assert re.fullmatch(rf"train 100%\|[^|]+\| step {steps}, \d+ img/s, 0:00 left, loss \d+\.\d+, lr \S+", states[-1])
+    assert not any(re.match(r"train +1\d\d%", s) and "100%" not in s for s in states)  # never past 100 %

@@ -17,7 +17,7 @@ import json
 import math
 import tarfile
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -394,19 +394,21 @@ def generate(root: str | Path, spec: SynthVOCSpec = SynthVOCSpec(), workers: int
     for d in (root / "train", voc / "JPEGImages", voc / "SegmentationClass", voc / "ImageSets" / "Segmentation"):
         d.mkdir(parents=True, exist_ok=True)
     glyph("\U0001f415")  # fail early, in this process, if the font is missing
-    jobs = []
+    jobs = {}  # job -> the scenes it writes, for a bar in scenes
     with ProcessPoolExecutor(workers) as pool:
         for k, start in enumerate(range(0, spec.train, spec.shard_size)):
             path, count = str(root / "train" / f"{k:06d}.tar"), min(spec.shard_size, spec.train - start)
-            jobs.append(pool.submit(write_shard, path, spec.seed, start, count, spec.scene))
+            jobs[pool.submit(write_shard, path, spec.seed, start, count, spec.scene)] = count
         splits: dict[str, list] = {}
         for split in ("val", "test", "calib"):
             n = getattr(spec, split)
             chunks = [list(range(s, min(s + 250, n))) for s in range(0, n, 250)]
             splits[split] = [pool.submit(write_voc_images, str(voc), spec.seed, split, c, spec.scene) for c in chunks]
-            jobs += splits[split]
-        for job in tqdm(jobs, desc="generating SynthVOC", unit="job", disable=not progress):
-            job.result()
+            jobs.update(zip(splits[split], map(len, chunks), strict=True))
+        with tqdm(total=sum(jobs.values()), desc="generating SynthVOC", unit="scene", disable=not progress) as bar:
+            for job in as_completed(jobs):
+                job.result()
+                bar.update(jobs[job])
     scenes = {}
     for split, futures in splits.items():
         written = [scene for f in futures for scene in f.result()]

@@ -186,7 +186,8 @@ class CalibrationImages:
         self.dataset = dataset
         self.segmenter = ZeroShotSegmenter(model, dataset.class_names, mode=mode, group_maps=False, **options)
         self.items = []  # (encoded image, ground truth)
-        for i in range(rank, min(images, len(dataset)), world):
+        for i in tqdm(range(rank, min(images, len(dataset)), world), disable=rank != 0, desc=f"encode {dataset.name} "
+                      f"{getattr(dataset, 'split', '')} for calibration", unit="image"):  # fmt: skip
             _, image, target = dataset[i]
             self.items.append((self.segmenter.encode(image, members), target))
 

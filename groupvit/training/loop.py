@@ -363,10 +363,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     batches = forever(build_loader(cfg, rank, world, start_step))
     skipped_by_worker: dict[int, int] = {}
     budget = cfg.minutes * 60
-    if budget:
-        bar = tqdm(total=round(budget), initial=round(train_seconds), disable=not main, unit="s", dynamic_ncols=True)
-    else:
-        bar = tqdm(total=cfg.steps, initial=start_step, disable=not main, unit="step", dynamic_ncols=True)
+    # Under a time budget the bar fills with training seconds (evaluation pauses the clock), and its line says the
+    # steps, images/s and training time left; under a step budget it counts steps.
+    bar = tqdm(total=round(budget) if budget else cfg.steps, initial=min(round(train_seconds), round(budget)) if budget
+               else start_step, disable=not main, dynamic_ncols=True, desc="train", unit="step",
+               bar_format="train {percentage:3.0f}%|{bar}| {desc}" if budget else None)  # fmt: skip
+    logged = ""
     model.train()
     seen, history = 0, []
     step = start_step
@@ -403,8 +405,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
             dist.all_reduce(elapsed_t, op=dist.ReduceOp.MAX)
             elapsed = elapsed_t.item()
         train_seconds += elapsed
-        bar.update(round(train_seconds) - bar.n if budget else 1)
         step = done = step + 1
+        left = f", {int(budget - train_seconds) // 60}:{int(budget - train_seconds) % 60:02d} left" if budget else ""
+        status = f"step {done}, {seen / max(train_seconds, 1e-9):.0f} img/s{left}{logged}"
+        (bar.set_description_str if budget else bar.set_postfix_str)(status, refresh=False)
+        bar.update(min(round(train_seconds), bar.total) - bar.n if budget else 1)
         last = (train_seconds >= budget) if budget else (done == cfg.steps)
         if main and (done % cfg.log_every == 0 or last):
             rate = seen / max(train_seconds, 1e-9)
@@ -422,7 +427,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
                 scalars["multi_label_logit_scale"] = model.multi_label_logit_scale.exp().clamp(max=100).item()
             for key, value in scalars.items():
                 writer.add_scalar(key, value, done)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+            logged = f", loss {loss.item():.3f}, lr {lr:.2e}"
         if cfg.eval_every and (done % cfg.eval_every == 0 or last):
             result = evaluate(model, cfg)
             recognition = result["recognition"]["pooled"]  # None when no eval image holds an object class
