@@ -45,6 +45,17 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({args.to} layout)")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .runtime import EXPORT_FILES
+
+    output_dir(args.out, names=EXPORT_FILES, overwrite=args.overwrite)  # refused before the weights are read
+    from .export import OPSET, export_onnx
+
+    opset = args.opset or OPSET
+    out = export_onnx(args.weights, args.out, opset=opset, overwrite=args.overwrite, source=args.source)
+    print(f"wrote {', '.join(EXPORT_FILES)} to {out} (ONNX opset {opset}); run it with --checkpoint {out}")
+
+
 def _info(args: argparse.Namespace) -> None:
     import torch
 
@@ -63,7 +74,8 @@ def _info(args: argparse.Namespace) -> None:
     with torch.no_grad():
         groups = model.encode_image_groups(torch.zeros(1, 3, size, size))
     print(cfg.to_json())
-    print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
+    count = getattr(model, "parameter_count", None) or sum(p.numel() for p in model.parameters())
+    print(f"parameters: {count:,}; runtime: {model.runtime}")
     stages = " -> ".join(f"{m.shape[-1]} tokens into {m.shape[1]} groups" for m in groups.assignments)
     print(f"grouping at {size}x{size}: {stages}; embedding dim {groups.image_embeds.shape[-1]}")
     settings = model.test_settings
@@ -132,8 +144,8 @@ def _segment(args: argparse.Namespace) -> int:
     threshold = None if args.no_background else BACKGROUND_THRESHOLDS["voc"] if threshold is None else threshold
     origin = "recorded with the model" if model.test_settings.recorded(model.config) else "the protocol's"
     used = settings.describe(background="none" if threshold is None else f"{threshold:g}")
-    print(f"groupvit segment: {used} ({origin}; --short-side, --mode, --background-threshold change it)",
-          file=sys.stderr)  # fmt: skip
+    print(f"groupvit segment: {used} ({origin}; --short-side, --mode, --background-threshold change it); "
+          f"runtime {model.runtime}", file=sys.stderr)  # fmt: skip
     segmenter = ZeroShotSegmenter(
         model,
         class_names,
@@ -534,6 +546,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="storage of ours (half the size in float16; read back as float32)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     p.set_defaults(run=_convert)
+
+    p = sub.add_parser("export", help="export a model to ONNX, to run it on onnxruntime without PyTorch "
+                       "(docs/deployment.md)")  # fmt: skip
+    p.add_argument("weights", help="anything --checkpoint takes: synthvoc, gcc_yfcc, a .safetensors, an NVlabs .pth "
+                   "or a transformers folder")  # fmt: skip
+    _add_source_option(p)
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="output format (default: onnx)")
+    p.add_argument("--out", required=True, help="folder for vision.onnx, text.onnx and groupvit.json")
+    p.add_argument("--opset", type=positive_int, help="ONNX opset (default: 17)")
+    p.add_argument("--overwrite", action="store_true", help="replace an export already in --out (default: refuse)")
+    p.set_defaults(run=_export)
 
     p = sub.add_parser("info", help="print a model's configuration, parameter count and grouping shapes")
     what = p.add_mutually_exclusive_group(required=True)

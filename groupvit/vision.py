@@ -30,7 +30,7 @@ class PatchEmbed(nn.Module):
 def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Bicubically resize a square [1, g*g, C] position embedding to the token grid (h, w)."""
     n, dim = pos_embed.shape[1], pos_embed.shape[2]
-    side = round(n**0.5)
+    side = round(int(n) ** 0.5)  # int(): a traced shape is a tensor (groupvit.export)
     if (side, side) == tuple(grid):
         return pos_embed
     pos = pos_embed.reshape(1, side, side, dim).permute(0, 3, 1, 2)  # [1, C, g, g]
