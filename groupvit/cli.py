@@ -52,7 +52,8 @@ def _export(args: argparse.Namespace) -> None:
     from .export import OPSET, export_onnx
 
     opset = args.opset or OPSET
-    out = export_onnx(args.weights, args.out, opset=opset, overwrite=args.overwrite, source=args.source)
+    out = export_onnx(args.weights, args.out, opset=opset, overwrite=args.overwrite, source=args.source,
+                      quantize=args.quantize)  # fmt: skip
     print(f"wrote {', '.join(EXPORT_FILES)} to {out} (ONNX opset {opset}); run it with --checkpoint {out}")
 
 
@@ -555,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx"], default="onnx", help="output format (default: onnx)")
     p.add_argument("--out", required=True, help="folder for vision.onnx, text.onnx and groupvit.json")
     p.add_argument("--opset", type=positive_int, help="ONNX opset (default: 17)")
+    p.add_argument("--quantize", choices=["int8"], help="onnxruntime's dynamic int8 quantisation of the weights "
+                   "(faster on CPU; its accuracy cost: docs/performance.md)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an export already in --out (default: refuse)")
     p.set_defaults(run=_export)
 

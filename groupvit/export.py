@@ -18,6 +18,7 @@ control flow depends on shapes only, never on values, once the text encoder runs
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -69,10 +70,15 @@ def export_onnx(
     opset: int = OPSET,
     overwrite: bool = False,
     source: str | None = None,
+    quantize: str | None = None,
 ) -> Path:
     """Write `vision.onnx`, `text.onnx` and `groupvit.json` for a model (or anything `load_model` reads; `source`
     as there) into `out_dir`; returns the folder. Existing export files are replaced only with `overwrite`. A model
-    passed in is put in eval mode on the CPU."""
+    passed in is put in eval mode on the CPU. quantize="int8": onnxruntime's dynamic int8 quantisation of the
+    weights of both graphs (smaller and faster on CPUs with int8 dot products; see docs/performance.md for what it
+    costs in accuracy)."""
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     try:
         import onnx  # only the export needs it
     except ImportError:
@@ -112,7 +118,11 @@ def export_onnx(
         proto = trace(graph, example, inputs, outputs, axes, opset)
         onnx.checker.check_model(proto, full_check=True)
         atomic_write(out / name, lambda tmp, m=proto: onnx.save_model(m, tmp))
-    manifest = export_manifest(model, source, opset)
+        if quantize:
+            quantize_int8(out / name)
+    manifest = export_manifest(model, source, opset) | {
+        "quantization": "dynamic int8 (onnxruntime)" if quantize else None
+    }
     atomic_write(out / "groupvit.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
     return out
 
@@ -129,6 +139,19 @@ def trace(graph: nn.Module, example: torch.Tensor, inputs: list[str], outputs: l
         torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=opset, input_names=inputs,
                           output_names=outputs, dynamic_axes=axes)  # fmt: skip
     return onnx.load_from_string(buffer.getvalue())
+
+
+def quantize_int8(path: Path) -> None:
+    """onnxruntime's dynamic int8 quantisation of one graph's weights, in place."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()  # it advises, through the root logger, to pre-process first: not needed here
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        atomic_write(path, lambda tmp: quantize_dynamic(path, tmp, weight_type=QuantType.QInt8))
+    finally:
+        root.setLevel(level)
 
 
 def export_manifest(model: GroupViT, source: str, opset: int) -> dict[str, Any]:

@@ -235,3 +235,15 @@ def test_readme_line_exports_synthvoc_and_segments_scenes_offline(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "runtime onnxruntime" in run.stderr
     assert len(list((tmp_path / "onnx_out").glob("*_labels.png"))) == 4
+
+
+def test_int8_export_is_smaller_and_stays_close(small, tmp_path):
+    model, folder = small
+    quantized = export_onnx(model, tmp_path, quantize="int8")
+    assert (quantized / "vision.onnx").stat().st_size < (folder / "vision.onnx").stat().st_size / 2
+    onnx_model = groupvit.load_model(quantized)
+    assert onnx_model.manifest["quantization"] == "dynamic int8 (onnxruntime)"
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        cosine = torch.nn.functional.cosine_similarity(model.encode_image(pixels), onnx_model.encode_image(pixels))
+    assert cosine.min() > 0.95  # close, not equal: the weights are rounded to 8 bits
