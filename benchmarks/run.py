@@ -2,6 +2,7 @@
 
     python -m benchmarks.run [--quick] [--repeats 5] [--threads N] [--device cpu|cuda] [--compile]
                              [--out benchmarks/results/run.json]
+    python -m benchmarks.run --onnx [--quick] [--repeats 5] [--threads N] [--out benchmarks/results/onnx.json]
 
 Medians over repeats after a warm-up; ratios are ours / theirs in throughput (higher is better for us). Cases:
 image embedding (batch 32 at 224 and 448), text embedding (256 prompts), a training step (forward, backward and
@@ -16,6 +17,11 @@ process's peak resident set (VmHWM, reset through /proc/self/clear_refs once the
 resident set at that point, so weights are not counted and every torch allocation is (tracemalloc sees none);
 on GPU, torch.cuda.max_memory_allocated over the allocation after loading. The machine's matmul rate (fp32, and
 bf16 where it applies) is measured in the same run, as is the load average of the machine.
+
+`--onnx` times, instead, the image tower (224 and 448, batch 1 and 8) and the text tower (256 prompts) of five
+runtimes on the same weights in one process, their calls interleaved: ours on PyTorch, our ONNX export on
+onnxruntime in fp32 and with dynamic int8 quantisation, transformers' model on PyTorch, and transformers' model
+exported with torch.onnx and run on onnxruntime.
 """
 
 from __future__ import annotations
@@ -238,6 +244,101 @@ def case(name: str, quick: bool, repeats: int, device: str) -> dict:
     return {"seconds": seconds, "peak_mib": memory.peak_mib(), **result}
 
 
+# --------------------------------------------------------------------------- ONNX (--onnx)
+
+ONNX_CASES = (("image224", 1), ("image224", 8), ("image448", 1), ("image448", 8), ("text", 256))
+RUNTIMES = ("ours", "ours onnx", "ours onnx int8", "theirs", "theirs onnx")
+
+
+class TheirsImage(torch.nn.Module):
+    """transformers' image tower as the rows above time it, as one module for torch.onnx."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        vm = self.model.vision_model
+        h = vm.encoder(vm.embeddings(x, interpolate_pos_encoding=True)).last_hidden_state
+        return self.model.visual_projection(vm.layernorm(h).mean(1))
+
+
+class TheirsText(torch.nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_text_features(input_ids=ids)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def interleaved(calls: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, the calls interleaved round-robin (each warmed up once first), so
+    that a shared machine's load falls on all of them alike."""
+    times: dict[str, list[float]] = {key: [] for key in calls}
+    with torch.inference_mode():
+        for fn in calls.values():
+            fn()
+        for _ in range(repeats):
+            for key, fn in calls.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
+def onnx_rows(quick: bool, repeats: int, threads: int) -> list[dict]:
+    """Ours on PyTorch, our ONNX export on onnxruntime (fp32 and dynamic int8), transformers' GroupViTModel on
+    PyTorch and transformers' model exported with torch.onnx (TorchScript-based, at each case's fixed shape) on
+    onnxruntime: the same weights, one process, the calls of each case interleaved."""
+    import onnxruntime
+
+    import groupvit
+    from groupvit.export import OPSET, export_onnx, trace
+
+    ours, theirs = models(quick)
+    folder = Path(tempfile.mkdtemp())
+    ours_onnx = groupvit.load_model(export_onnx(ours, folder / "fp32"))  # sessions use torch's thread count
+    ours_int8 = groupvit.load_model(export_onnx(ours, folder / "int8", quantize="int8"))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    prompts = [f"a photo of a {c}." for c in VOC] * 13
+    rows = []
+    for what, batch in ONNX_CASES:
+        batch = min(batch, 4) if quick and what != "text" else batch
+        if what == "text":
+            x, graph = groupvit.tokenize(prompts)[: 16 if quick else batch], TheirsText(theirs)
+            ours_calls = [m.encode_text for m in (ours, ours_onnx, ours_int8)]
+        else:
+            size = int(what.removeprefix("image"))
+            x, graph = torch.randn(batch, 3, size, size), TheirsImage(theirs)
+            ours_calls = [m.encode_image for m in (ours, ours_onnx, ours_int8)]
+        proto = trace(graph.eval(), x, ["x"], ["y"], {}, OPSET)
+        session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        functions = [*ours_calls, graph, lambda x, s=session: s.run(None, {"x": x.numpy()})]
+        seconds = interleaved({key: (lambda f=f, x=x: f(x)) for key, f in zip(RUNTIMES, functions, strict=True)},
+                              repeats)  # fmt: skip
+        best = min(seconds["ours"], seconds["ours onnx"])  # fp32 paths only: int8 is a variant
+        rows.append({"case": what, "batch": len(x), "seconds": seconds,
+                     "best_fp32_vs_theirs": seconds["theirs"] / best,
+                     "best_fp32_vs_theirs_onnx": seconds["theirs onnx"] / best})  # fmt: skip
+        print(onnx_table(rows[-1:]).splitlines()[-1], flush=True)
+    return rows
+
+
+def onnx_table(rows: list[dict]) -> str:
+    lines = ["| case | batch | ours PyTorch ms | ours onnxruntime ms | ours onnxruntime int8 ms "
+             "| transformers PyTorch ms | transformers onnxruntime ms | our best fp32 vs transformers PyTorch "
+             "| vs transformers onnxruntime |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        ms = " | ".join(f"{r['seconds'][k] * 1e3:.1f}" for k in RUNTIMES)
+        lines.append(f"| {r['case']} | {r['batch']} | {ms} | {r['best_fp32_vs_theirs']:.2f}x "
+                     f"| {r['best_fp32_vs_theirs_onnx']:.2f}x |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     seconds = timed(lambda: a @ b, 5, device)
@@ -296,12 +397,23 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
     parser.add_argument("--out", default="benchmarks/results/run.json")
+    parser.add_argument("--onnx", action="store_true", help="instead: the ONNX table (ours and transformers on "
+                        "PyTorch and on onnxruntime, CPU; docs/deployment.md)")  # fmt: skip
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in a fresh process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
     if args.case:
         print(json.dumps(case(args.case, args.quick, repeats, args.device)))
+        return
+    if args.onnx:
+        load_start = os.getloadavg()
+        rows = onnx_rows(args.quick, repeats, args.threads)
+        print(onnx_table(rows))
+        result = {"machine": machine_info(args.threads, "cpu"), "quick": args.quick, "repeats": repeats,
+                  "load_average_1_5_15min": {"start": load_start, "end": os.getloadavg()}, "rows": rows}  # fmt: skip
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
         return
     load_start = os.getloadavg()
     pairs = [("image224", "theirs", "fp32"), ("image448", "theirs", "fp32"), ("text", "theirs", "fp32"),

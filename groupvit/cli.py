@@ -46,11 +46,10 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from .export import OPSET, export_onnx
     from .runtime import EXPORT_FILES
 
     output_dir(args.out, names=EXPORT_FILES, overwrite=args.overwrite)  # refused before the weights are read
-    from .export import OPSET, export_onnx
-
     opset = args.opset or OPSET
     out = export_onnx(args.weights, args.out, opset=opset, overwrite=args.overwrite, source=args.source,
                       quantize=args.quantize)  # fmt: skip
@@ -308,6 +307,7 @@ def _eval(args: argparse.Namespace) -> int:
                                    **options)  # fmt: skip
     if calibration:
         result["calibration"] = calibration
+    result["runtime"] = model.runtime  # pytorch, or onnxruntime for an ONNX export
     if rank == 0:
         print(format_table(result))
         _write_json(args.out, result)

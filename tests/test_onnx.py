@@ -247,3 +247,31 @@ def test_int8_export_is_smaller_and_stays_close(small, tmp_path):
     with torch.no_grad():
         cosine = torch.nn.functional.cosine_similarity(model.encode_image(pixels), onnx_model.encode_image(pixels))
     assert cosine.min() > 0.95  # close, not equal: the weights are rounded to 8 bits
+
+
+@pytest.mark.slow
+def test_onnx_benchmark_quick(tmp_path):
+    """benchmarks.run --onnx in quick mode, so that it cannot rot (its numbers come from full runs)."""
+    out = tmp_path / "onnx.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.run", "--onnx", "--quick", "--threads", "1", "--out",
+                          str(out)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["case"], r["batch"]) for r in rows] == [("image224", 1), ("image224", 4), ("image448", 1),
+                                                       ("image448", 4), ("text", 16)]  # fmt: skip
+    for row in rows:
+        assert set(row["seconds"]) == {"ours", "ours onnx", "ours onnx int8", "theirs", "theirs onnx"}
+        assert all(s > 0 for s in row["seconds"].values())
+
+
+def test_classifier_and_app_run_on_the_export(small):
+    from groupvit.app import load_app_model
+
+    model, folder = small
+    image = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    names = ["cat", "dog", "a red car", "grass"]
+    rankings = [groupvit.ZeroShotClassifier(m, names)(image, top=4) for m in (model, groupvit.load_model(folder))]
+    assert [n for n, _ in rankings[0]] == [n for n, _ in rankings[1]]
+    assert np.allclose([p for _, p in rankings[0]], [p for _, p in rankings[1]], atol=1e-4)
+    onnx_model, description, warning = load_app_model(str(folder), "cpu")
+    assert onnx_model.runtime == "onnxruntime" and "(on onnxruntime)" in description and warning is None
