@@ -296,13 +296,13 @@ def onnx_rows(quick: bool, repeats: int, threads: int) -> list[dict]:
 
     import groupvit
     from groupvit.export import OPSET, export_onnx, trace
+    from groupvit.runtime import session_options
 
     ours, theirs = models(quick)
     folder = Path(tempfile.mkdtemp())
     ours_onnx = groupvit.load_model(export_onnx(ours, folder / "fp32"))  # sessions use torch's thread count
     ours_int8 = groupvit.load_model(export_onnx(ours, folder / "int8", quantize="int8"))
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
+    options = session_options(onnxruntime)  # the same as our export's sessions
     prompts = [f"a photo of a {c}." for c in VOC] * 13
     rows = []
     for what, batch in ONNX_CASES:

@@ -46,8 +46,7 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> OnnxGro
         raise CheckpointError(f"{path} is an incomplete ONNX export: {', '.join(missing)} missing; export it again "
                               "with `groupvit export WEIGHTS --format onnx --out FOLDER`")  # fmt: skip
     manifest = read_manifest(path / "groupvit.json")
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options = session_options(onnxruntime)
     sessions = {}
     for name in ("vision.onnx", "text.onnx"):
         try:
@@ -57,6 +56,15 @@ def load_export(path: str | Path, device: str | torch.device = "cpu") -> OnnxGro
             raise CheckpointError(f"cannot read {path / name}: truncated or not an ONNX model ({reason}); export "
                                   "it again") from None  # fmt: skip
     return OnnxGroupViT(manifest, sessions["vision.onnx"], sessions["text.onnx"], path)
+
+
+def session_options(onnxruntime):
+    """As many threads as torch uses, and no spinning: onnxruntime's idle threads otherwise keep the cores busy for
+    a while after each call, and the torch work around the calls (naming, upsampling) waits for them."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
