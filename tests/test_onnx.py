@@ -275,3 +275,15 @@ def test_classifier_and_app_run_on_the_export(small):
     assert np.allclose([p for _, p in rankings[0]], [p for _, p in rankings[1]], atol=1e-4)
     onnx_model, description, warning = load_app_model(str(folder), "cpu")
     assert onnx_model.runtime == "onnxruntime" and "(on onnxruntime)" in description and warning is None
+
+
+@pytest.mark.parametrize("grid", [(28, 28), (7, 9), (14, 20), (1, 1), (50, 13)])
+def test_position_embedding_resize_is_torchs_bicubic_interpolation(grid):
+    """The resize is written as two interpolation matrices (the export keeps it dynamic and fast); it must stay
+    F.interpolate's bicubic, align_corners=False, as transformers and the reference resize."""
+    from groupvit.vision import resize_pos_embed
+
+    pos = torch.randn(1, 14 * 14, 32, generator=torch.Generator().manual_seed(0))
+    square = pos.reshape(1, 14, 14, 32).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(square, size=grid, mode="bicubic", align_corners=False)
+    assert torch.allclose(resize_pos_embed(pos, grid), expected.permute(0, 2, 3, 1).reshape(1, -1, 32), atol=1e-5)
