@@ -19,9 +19,9 @@ on GPU, torch.cuda.max_memory_allocated over the allocation after loading. The m
 bf16 where it applies) is measured in the same run, as is the load average of the machine.
 
 `--onnx` times, instead, the image tower (224 and 448, batch 1 and 8) and the text tower (256 prompts) of five
-runtimes on the same weights in one process, their calls interleaved: ours on PyTorch, our ONNX export on
-onnxruntime in fp32 and with dynamic int8 quantisation, transformers' model on PyTorch, and transformers' model
-exported with torch.onnx and run on onnxruntime.
+runtimes on the same weights: ours and transformers' model on PyTorch (one process, calls interleaved), then our
+ONNX export on onnxruntime in fp32 and with dynamic int8 quantisation and transformers' model exported with
+torch.onnx, on onnxruntime (a second process, calls interleaved).
 """
 
 from __future__ import annotations
@@ -288,42 +288,60 @@ def interleaved(calls: dict, repeats: int) -> dict[str, float]:
     return {key: statistics.median(t) for key, t in times.items()}
 
 
-def onnx_rows(quick: bool, repeats: int, threads: int) -> list[dict]:
-    """Ours on PyTorch, our ONNX export on onnxruntime (fp32 and dynamic int8), transformers' GroupViTModel on
-    PyTorch and transformers' model exported with torch.onnx (TorchScript-based, at each case's fixed shape) on
-    onnxruntime: the same weights, one process, the calls of each case interleaved."""
-    import onnxruntime
+PARTS = {"pytorch": ("ours", "theirs"), "onnxruntime": ("ours onnx", "ours onnx int8", "theirs onnx")}
 
+
+def onnx_rows(quick: bool, repeats: int, part: str) -> list[dict]:
+    """One part of the ONNX table: ours and transformers' GroupViTModel on PyTorch ("pytorch"), or our ONNX export
+    on onnxruntime in fp32 and dynamic int8 and transformers' model exported with torch.onnx (TorchScript-based, at
+    each case's fixed shape) on onnxruntime ("onnxruntime"): the same weights, the calls of each case interleaved.
+    The parts run in separate processes: in one process, under load, PyTorch's two-thread OpenMP regions were seen
+    to take 20x longer next to onnxruntime's thread pools (1.7 s against 79 ms at one thread)."""
     import groupvit
-    from groupvit.export import OPSET, export_onnx, trace
-    from groupvit.runtime import session_options
 
     ours, theirs = models(quick)
-    folder = Path(tempfile.mkdtemp())
-    ours_onnx = groupvit.load_model(export_onnx(ours, folder / "fp32"))  # sessions use torch's thread count
-    ours_int8 = groupvit.load_model(export_onnx(ours, folder / "int8", quantize="int8"))
-    options = session_options(onnxruntime)  # the same as our export's sessions
+    if part == "onnxruntime":
+        import onnxruntime
+
+        from groupvit.export import OPSET, export_onnx, trace
+        from groupvit.runtime import session_options
+
+        folder = Path(tempfile.mkdtemp())
+        ours_onnx = groupvit.load_model(export_onnx(ours, folder / "fp32"))  # sessions use torch's thread count
+        ours_int8 = groupvit.load_model(export_onnx(ours, folder / "int8", quantize="int8"))
+        options = session_options(onnxruntime)  # the same as our export's sessions
     prompts = [f"a photo of a {c}." for c in VOC] * 13
     rows = []
     for what, batch in ONNX_CASES:
         batch = min(batch, 4) if quick and what != "text" else batch
         if what == "text":
-            x, graph = groupvit.tokenize(prompts)[: 16 if quick else batch], TheirsText(theirs)
-            ours_calls = [m.encode_text for m in (ours, ours_onnx, ours_int8)]
+            x, graph, method = groupvit.tokenize(prompts)[: 16 if quick else batch], TheirsText(theirs), "encode_text"
         else:
             size = int(what.removeprefix("image"))
-            x, graph = torch.randn(batch, 3, size, size), TheirsImage(theirs)
-            ours_calls = [m.encode_image for m in (ours, ours_onnx, ours_int8)]
-        proto = trace(graph.eval(), x, ["x"], ["y"], {}, OPSET)
-        session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        functions = [*ours_calls, graph, lambda x, s=session: s.run(None, {"x": x.numpy()})]
-        seconds = interleaved({key: (lambda f=f, x=x: f(x)) for key, f in zip(RUNTIMES, functions, strict=True)},
-                              repeats)  # fmt: skip
-        best = min(seconds["ours"], seconds["ours onnx"])  # fp32 paths only: int8 is a variant
-        rows.append({"case": what, "batch": len(x), "seconds": seconds,
+            x, graph, method = torch.randn(batch, 3, size, size), TheirsImage(theirs), "encode_image"
+        if part == "pytorch":
+            functions = [getattr(ours, method), graph]
+        else:
+            proto = trace(graph.eval(), x, ["x"], ["y"], {}, OPSET)
+            session = onnxruntime.InferenceSession(proto.SerializeToString(), options,
+                                                   providers=["CPUExecutionProvider"])  # fmt: skip
+            functions = [getattr(ours_onnx, method), getattr(ours_int8, method),
+                         lambda x, s=session: s.run(None, {"x": x.numpy()})]  # fmt: skip
+        calls = {key: (lambda f=f, x=x: f(x)) for key, f in zip(PARTS[part], functions, strict=True)}
+        rows.append({"case": what, "batch": len(x), "seconds": interleaved(calls, repeats)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def merge_parts(parts: list[list[dict]]) -> list[dict]:
+    """The parts' rows side by side, with our best fp32 time against each of transformers' (int8 is a variant)."""
+    rows = []
+    for pair in zip(*parts, strict=True):
+        seconds = {k: v for row in pair for k, v in row["seconds"].items()}
+        best = min(seconds["ours"], seconds["ours onnx"])
+        rows.append({"case": pair[0]["case"], "batch": pair[0]["batch"], "seconds": seconds,
                      "best_fp32_vs_theirs": seconds["theirs"] / best,
                      "best_fp32_vs_theirs_onnx": seconds["theirs onnx"] / best})  # fmt: skip
-        print(onnx_table(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
 
@@ -400,15 +418,27 @@ def main() -> None:
     parser.add_argument("--onnx", action="store_true", help="instead: the ONNX table (ours and transformers on "
                         "PyTorch and on onnxruntime, CPU; docs/deployment.md)")  # fmt: skip
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in a fresh process
+    parser.add_argument("--onnx-part", choices=list(PARTS), help=argparse.SUPPRESS)  # internal: one process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
     if args.case:
         print(json.dumps(case(args.case, args.quick, repeats, args.device)))
         return
+    if args.onnx_part:
+        print(json.dumps(onnx_rows(args.quick, repeats, args.onnx_part)))
+        return
     if args.onnx:
         load_start = os.getloadavg()
-        rows = onnx_rows(args.quick, repeats, args.threads)
+        parts = []
+        for part in PARTS:
+            command = [sys.executable, "-m", "benchmarks.run", "--onnx-part", part, "--threads", str(args.threads),
+                       "--repeats", str(repeats)] + (["--quick"] if args.quick else [])  # fmt: skip
+            run = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if run.returncode:
+                raise SystemExit(f"the {part} part failed:\n{run.stderr[-2000:]}")
+            parts.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        rows = merge_parts(parts)
         print(onnx_table(rows))
         result = {"machine": machine_info(args.threads, "cpu"), "quick": args.quick, "repeats": repeats,
                   "load_average_1_5_15min": {"start": load_start, "end": os.getloadavg()}, "rows": rows}  # fmt: skip
