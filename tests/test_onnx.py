@@ -287,3 +287,23 @@ def test_position_embedding_resize_is_torchs_bicubic_interpolation(grid):
     square = pos.reshape(1, 14, 14, 32).permute(0, 3, 1, 2)
     expected = torch.nn.functional.interpolate(square, size=grid, mode="bicubic", align_corners=False)
     assert torch.allclose(resize_pos_embed(pos, grid), expected.permute(0, 2, 3, 1).reshape(1, -1, 32), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_eval_cli_on_the_export_scores_as_pytorch_and_says_so(small, tmp_path):
+    from .conftest import write_tiny_voc
+
+    model, folder = small
+    root = write_tiny_voc(tmp_path)
+    weights = tmp_path / "small.safetensors"
+    groupvit.save_model(model, weights)
+    results = {}
+    for checkpoint in (weights, folder):
+        out = tmp_path / f"{checkpoint.name}.json"
+        run = run_cli("eval", "--dataset", "voc", "--root", str(root), "--checkpoint", str(checkpoint), "--mode",
+                      "whole", "--out", str(out))  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        results[checkpoint] = json.loads(out.read_text())
+    pytorch, onnx = results[weights], results[folder]
+    assert (pytorch["runtime"], onnx["runtime"]) == ("pytorch", "onnxruntime")
+    assert onnx["miou"] == pytorch["miou"] and onnx["per_class"] == pytorch["per_class"]  # the same labels
