@@ -2,6 +2,7 @@
 
     python -m benchmarks.run [--quick] [--repeats 5] [--threads N] [--device cpu|cuda] [--compile]
                              [--out benchmarks/results/run.json]
+    python -m benchmarks.run --onnx [--quick] [--repeats 5] [--threads N] [--out benchmarks/results/onnx.json]
 
 Medians over repeats after a warm-up; ratios are ours / theirs in throughput (higher is better for us). Cases:
 image embedding (batch 32 at 224 and 448), text embedding (256 prompts), a training step (forward, backward and
@@ -16,6 +17,11 @@ process's peak resident set (VmHWM, reset through /proc/self/clear_refs once the
 resident set at that point, so weights are not counted and every torch allocation is (tracemalloc sees none);
 on GPU, torch.cuda.max_memory_allocated over the allocation after loading. The machine's matmul rate (fp32, and
 bf16 where it applies) is measured in the same run, as is the load average of the machine.
+
+`--onnx` times, instead, the image tower (224 and 448, batch 1 and 8) and the text tower (256 prompts) of five
+runtimes on the same weights: ours and transformers' model on PyTorch (one process, calls interleaved), then our
+ONNX export on onnxruntime in fp32 and with dynamic int8 quantisation and transformers' model exported with
+torch.onnx, on onnxruntime (a second process, calls interleaved).
 """
 
 from __future__ import annotations
@@ -238,6 +244,119 @@ def case(name: str, quick: bool, repeats: int, device: str) -> dict:
     return {"seconds": seconds, "peak_mib": memory.peak_mib(), **result}
 
 
+# --------------------------------------------------------------------------- ONNX (--onnx)
+
+ONNX_CASES = (("image224", 1), ("image224", 8), ("image448", 1), ("image448", 8), ("text", 256))
+RUNTIMES = ("ours", "ours onnx", "ours onnx int8", "theirs", "theirs onnx")
+
+
+class TheirsImage(torch.nn.Module):
+    """transformers' image tower as the rows above time it, as one module for torch.onnx."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        vm = self.model.vision_model
+        h = vm.encoder(vm.embeddings(x, interpolate_pos_encoding=True)).last_hidden_state
+        return self.model.visual_projection(vm.layernorm(h).mean(1))
+
+
+class TheirsText(torch.nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_text_features(input_ids=ids)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def interleaved(calls: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, the calls interleaved round-robin (each warmed up once first), so
+    that a shared machine's load falls on all of them alike."""
+    times: dict[str, list[float]] = {key: [] for key in calls}
+    with torch.inference_mode():
+        for fn in calls.values():
+            fn()
+        for _ in range(repeats):
+            for key, fn in calls.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
+PARTS = {"pytorch": ("ours", "theirs"), "onnxruntime": ("ours onnx", "ours onnx int8", "theirs onnx")}
+
+
+def onnx_rows(quick: bool, repeats: int, part: str) -> list[dict]:
+    """One part of the ONNX table: ours and transformers' GroupViTModel on PyTorch ("pytorch"), or our ONNX export
+    on onnxruntime in fp32 and dynamic int8 and transformers' model exported with torch.onnx (TorchScript-based, at
+    each case's fixed shape) on onnxruntime ("onnxruntime"): the same weights, the calls of each case interleaved.
+    The parts run in separate processes: in one process, under load, PyTorch's two-thread OpenMP regions were seen
+    to take 20x longer next to onnxruntime's thread pools (1.7 s against 79 ms at one thread)."""
+    import groupvit
+
+    ours, theirs = models(quick)
+    if part == "onnxruntime":
+        import onnxruntime
+
+        from groupvit.export import OPSET, export_onnx, trace
+        from groupvit.runtime import session_options
+
+        folder = Path(tempfile.mkdtemp())
+        ours_onnx = groupvit.load_model(export_onnx(ours, folder / "fp32"))  # sessions use torch's thread count
+        ours_int8 = groupvit.load_model(export_onnx(ours, folder / "int8", quantize="int8"))
+        options = session_options(onnxruntime)  # the same as our export's sessions
+    prompts = [f"a photo of a {c}." for c in VOC] * 13
+    rows = []
+    for what, batch in ONNX_CASES:
+        batch = min(batch, 4) if quick and what != "text" else batch
+        if what == "text":
+            x, graph, method = groupvit.tokenize(prompts)[: 16 if quick else batch], TheirsText(theirs), "encode_text"
+        else:
+            size = int(what.removeprefix("image"))
+            x, graph, method = torch.randn(batch, 3, size, size), TheirsImage(theirs), "encode_image"
+        if part == "pytorch":
+            functions = [getattr(ours, method), graph]
+        else:
+            proto = trace(graph.eval(), x, ["x"], ["y"], {}, OPSET)
+            session = onnxruntime.InferenceSession(proto.SerializeToString(), options,
+                                                   providers=["CPUExecutionProvider"])  # fmt: skip
+            functions = [getattr(ours_onnx, method), getattr(ours_int8, method),
+                         lambda x, s=session: s.run(None, {"x": x.numpy()})]  # fmt: skip
+        calls = {key: (lambda f=f, x=x: f(x)) for key, f in zip(PARTS[part], functions, strict=True)}
+        rows.append({"case": what, "batch": len(x), "seconds": interleaved(calls, repeats)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def merge_parts(parts: list[list[dict]]) -> list[dict]:
+    """The parts' rows side by side, with our best fp32 time against each of transformers' (int8 is a variant)."""
+    rows = []
+    for pair in zip(*parts, strict=True):
+        seconds = {k: v for row in pair for k, v in row["seconds"].items()}
+        best = min(seconds["ours"], seconds["ours onnx"])
+        rows.append({"case": pair[0]["case"], "batch": pair[0]["batch"], "seconds": seconds,
+                     "best_fp32_vs_theirs": seconds["theirs"] / best,
+                     "best_fp32_vs_theirs_onnx": seconds["theirs onnx"] / best})  # fmt: skip
+    return rows
+
+
+def onnx_table(rows: list[dict]) -> str:
+    lines = ["| case | batch | ours PyTorch ms | ours onnxruntime ms | ours onnxruntime int8 ms "
+             "| transformers PyTorch ms | transformers onnxruntime ms | our best fp32 vs transformers PyTorch "
+             "| vs transformers onnxruntime |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        ms = " | ".join(f"{r['seconds'][k] * 1e3:.1f}" for k in RUNTIMES)
+        lines.append(f"| {r['case']} | {r['batch']} | {ms} | {r['best_fp32_vs_theirs']:.2f}x "
+                     f"| {r['best_fp32_vs_theirs_onnx']:.2f}x |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     seconds = timed(lambda: a @ b, 5, device)
@@ -296,12 +415,35 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
     parser.add_argument("--out", default="benchmarks/results/run.json")
+    parser.add_argument("--onnx", action="store_true", help="instead: the ONNX table (ours and transformers on "
+                        "PyTorch and on onnxruntime, CPU; docs/deployment.md)")  # fmt: skip
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in a fresh process
+    parser.add_argument("--onnx-part", choices=list(PARTS), help=argparse.SUPPRESS)  # internal: one process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
     if args.case:
         print(json.dumps(case(args.case, args.quick, repeats, args.device)))
+        return
+    if args.onnx_part:
+        print(json.dumps(onnx_rows(args.quick, repeats, args.onnx_part)))
+        return
+    if args.onnx:
+        load_start = os.getloadavg()
+        parts = []
+        for part in PARTS:
+            command = [sys.executable, "-m", "benchmarks.run", "--onnx-part", part, "--threads", str(args.threads),
+                       "--repeats", str(repeats)] + (["--quick"] if args.quick else [])  # fmt: skip
+            run = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if run.returncode:
+                raise SystemExit(f"the {part} part failed:\n{run.stderr[-2000:]}")
+            parts.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        rows = merge_parts(parts)
+        print(onnx_table(rows))
+        result = {"machine": machine_info(args.threads, "cpu"), "quick": args.quick, "repeats": repeats,
+                  "load_average_1_5_15min": {"start": load_start, "end": os.getloadavg()}, "rows": rows}  # fmt: skip
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
         return
     load_start = os.getloadavg()
     pairs = [("image224", "theirs", "fp32"), ("image448", "theirs", "fp32"), ("text", "theirs", "fp32"),

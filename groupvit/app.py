@@ -100,7 +100,8 @@ def _load_app_model(
         if entry and not Path(checkpoint).exists():
             return model, f"`{checkpoint}`, {entry.description}. Licence: {entry.licence}", None
         about = model.test_settings.about
-        return model, f"`{Path(checkpoint).name}`" + (f", {about}" if about else ""), None
+        runtime = "" if model.runtime == "pytorch" else f" (on {model.runtime})"
+        return model, f"`{Path(checkpoint).name}`{runtime}" + (f", {about}" if about else ""), None
     preset = random_init
     model = random_init_model(preset, device)  # the same random model on every start
     warning = (

@@ -596,11 +596,17 @@ def load_model(
     weights by name: `gcc_yfcc`, `gcc_redcaps` (`source` or `NAME@nvlabs` picks the source), `hf-hub:ORG/REPO[@REV]`.
     Released weights are downloaded, verified and cached on first use (`groupvit.pretrained`).
 
-    `config` overrides the config read from (or inferred for) the file, e.g. for unusual head counts.
+    `config` overrides the config read from (or inferred for) the file, e.g. for unusual head counts. A folder that
+    `groupvit export --format onnx` wrote gives the same interface on onnxruntime (groupvit.runtime.OnnxGroupViT).
     """
     from .pretrained import resolve  # it imports this module
+    from .runtime import is_export, load_export
 
     path = resolve(name_or_path, source)
+    if is_export(path):  # a folder written by `groupvit export --format onnx`: a model on onnxruntime
+        if config is not None:
+            raise ValueError(f"{path} is an ONNX export, which carries its own config; config= does not apply")
+        return load_export(path, device)
     state_dict, cfg, _, settings = _read_checkpoint(path, config)  # checked against the architecture
     with torch.device("meta"):
         model = GroupViT(cfg)

@@ -36,6 +36,7 @@ from .checks import (
     weight,
 )
 from .config import GROUPING_INITS, list_presets
+from .export import MAX_OPSET, OPSET, export_onnx
 from .image import MAX_PIXELS
 from .segmentation import MAX_CLASSES, MAX_SEGMENT_CLASSES
 
@@ -58,6 +59,16 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({args.to} layout)")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .runtime import EXPORT_FILES
+
+    output_dir(args.out, names=EXPORT_FILES, overwrite=args.overwrite)  # refused before the weights are read
+    opset = args.opset or OPSET
+    out = export_onnx(args.weights, args.out, opset=opset, overwrite=args.overwrite, source=args.source,
+                      quantize=args.quantize)  # fmt: skip
+    print(f"wrote {', '.join(EXPORT_FILES)} to {out} (ONNX opset {opset}); run it with --checkpoint {out}")
+
+
 def _info(args: argparse.Namespace) -> None:
     import torch
 
@@ -76,7 +87,8 @@ def _info(args: argparse.Namespace) -> None:
     with torch.no_grad():
         groups = model.encode_image_groups(torch.zeros(1, 3, size, size))
     print(cfg.to_json())
-    print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
+    count = getattr(model, "parameter_count", None) or sum(p.numel() for p in model.parameters())
+    print(f"parameters: {count:,}; runtime: {model.runtime}")
     stages = " -> ".join(f"{m.shape[-1]} tokens into {m.shape[1]} groups" for m in groups.assignments)
     print(f"grouping at {size}x{size}: {stages}; embedding dim {groups.image_embeds.shape[-1]}")
     settings = model.test_settings
@@ -150,7 +162,7 @@ def _segment(args: argparse.Namespace) -> int:
     if not naming.official:
         given["naming"] = "the naming options"
     print(f"groupvit segment: {used} ({model.test_settings.origins(model.config, given)}; --short-side, --mode, "
-          "--background-threshold change it)", file=sys.stderr)  # fmt: skip
+          f"--background-threshold change it); runtime {model.runtime}", file=sys.stderr)  # fmt: skip
     segmenter = ZeroShotSegmenter(
         model,
         class_names,
@@ -338,6 +350,7 @@ def _eval(args: argparse.Namespace) -> int:
                                    **options)  # fmt: skip
     if calibration:
         result["calibration"] = calibration
+    result["runtime"] = model.runtime  # pytorch, or onnxruntime for an ONNX export
     if rank == 0:
         print(format_table(result))
         _write_json(args.out, result)
@@ -585,6 +598,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="storage of ours (half the size in float16; read back as float32)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     p.set_defaults(run=_convert)
+
+    p = sub.add_parser("export", help="export a model to ONNX, to run it on onnxruntime without PyTorch "
+                       "(docs/deployment.md)")  # fmt: skip
+    p.add_argument("weights", help="anything --checkpoint takes: synthvoc, gcc_yfcc, a .safetensors, an NVlabs .pth "
+                   "or a transformers folder")  # fmt: skip
+    _add_source_option(p)
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="output format (default: onnx)")
+    p.add_argument("--out", required=True, help="folder for vision.onnx, text.onnx and groupvit.json")
+    p.add_argument("--opset", type=at_most(MAX_OPSET, least=OPSET), help=f"ONNX opset (default: {OPSET})")
+    p.add_argument("--quantize", choices=["int8"], help="onnxruntime's dynamic int8 quantisation of the weights "
+                   "(faster on CPU; its accuracy cost: docs/performance.md)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an export already in --out (default: refuse)")
+    p.set_defaults(run=_export)
 
     p = sub.add_parser("info", help="print a model's configuration, parameter count and grouping shapes")
     what = p.add_mutually_exclusive_group(required=True)

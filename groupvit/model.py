@@ -52,6 +52,8 @@ class GroupViT(nn.Module):
     config (`GroupViT(model_config("gcc_yfcc"))`, random weights) or load weights with `groupvit.load_model`.
     """
 
+    runtime = "pytorch"  # what runs it (an ONNX export loads as groupvit.runtime.OnnxGroupViT: "onnxruntime")
+
     def __init__(self, config: GroupViTConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or GroupViTConfig()

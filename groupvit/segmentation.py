@@ -157,6 +157,9 @@ def encode_with_members(model: GroupViT, pixels: torch.Tensor) -> tuple[ImageGro
     """One encoder pass that also returns the members of the final groups, projected [B, M, D]: the tokens entering
     the last grouping block (the previous stage's groups; patches with one stage), after the final LayerNorm as
     the final groups are. Hierarchical naming names them; the model never projects them in training."""
+    if not isinstance(model, GroupViT):
+        raise ValueError(f"hierarchical naming needs the PyTorch model: the {model.runtime} export does not output the "
+                         "final groups' members")  # fmt: skip
     blocks = [stage.grouping for stage in model.visual.stages if stage.grouping is not None]
     if not blocks:
         raise ValueError("hierarchical naming needs a model with a grouping stage (a plain ViT has no groups to split)")

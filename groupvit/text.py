@@ -48,8 +48,12 @@ class TextEncoder(nn.Module):
         if ids.shape[1] > self.cfg.context_length:
             raise ValueError(f"token ids have length {ids.shape[1]} > context length {self.cfg.context_length}")
         # Attention is causal, so padding after the last EOT cannot change any pooled feature: drop it.
+        return self.pooled(ids[:, : int(ids.argmax(dim=-1).max()) + 1])
+
+    def pooled(self, ids: torch.Tensor) -> torch.Tensor:
+        """`forward` without dropping the padding: its length is not a function of the data, so the ONNX export
+        traces this one (groupvit.export)."""
         eot = ids.argmax(dim=-1)  # [N]
-        ids = ids[:, : int(eot.max()) + 1]
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # [N, L, C]
         for block in self.blocks:
             if self.grad_checkpointing and self.training:

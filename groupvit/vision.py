@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -28,15 +27,44 @@ class PatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), grid  # [B, h*w, C]
 
 
+CUBIC_A = -0.75  # the cubic convolution coefficient of PyTorch's (and OpenCV's) bicubic interpolation
+
+
+def bicubic_matrix(out_size: torch.Tensor | int, in_size: int) -> torch.Tensor:
+    """[out_size, in_size] weights W with W @ v = F.interpolate(v, out_size, mode="bicubic", align_corners=False)
+    along one axis: source positions (o + 0.5) * in / out - 0.5, four taps clamped at the borders, A = -0.75.
+
+    A matrix instead of F.interpolate because the ONNX export keeps the output size dynamic, and onnxruntime's
+    Resize ran the 14x14 -> 28x28 position-embedding resize in 36 ms, a tenth of the whole encoder at 448."""
+    out = torch.arange(out_size, dtype=torch.float32)
+    src = (out + 0.5) * (in_size / out_size) - 0.5
+    first = src.floor()
+    t = (src - first)[:, None]  # [out, 1]
+    a = CUBIC_A
+    weights = torch.cat(
+        [
+            ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+            ((a + 2) * t - (a + 3)) * t * t + 1,
+            ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
+            ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a,
+        ],
+        dim=1,
+    )  # [out, 4]: the taps at first - 1 ... first + 2
+    taps = (first[:, None] + torch.arange(-1, 3)).clamp(0, in_size - 1)  # [out, 4]
+    columns = torch.arange(in_size, dtype=torch.float32)
+    return ((taps[:, :, None] == columns) * weights[:, :, None]).sum(dim=1)  # [out, in]
+
+
 def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Bicubically resize a square [1, g*g, C] position embedding to the token grid (h, w)."""
     n, dim = pos_embed.shape[1], pos_embed.shape[2]
-    side = round(n**0.5)
+    side = round(int(n) ** 0.5)  # int(): a traced shape is a tensor (groupvit.export)
     if (side, side) == tuple(grid):
         return pos_embed
-    pos = pos_embed.reshape(1, side, side, dim).permute(0, 3, 1, 2)  # [1, C, g, g]
-    pos = F.interpolate(pos, size=grid, mode="bicubic", align_corners=False)
-    return pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
+    pos = pos_embed.reshape(side, side, dim)
+    rows, cols = bicubic_matrix(grid[0], side).to(pos), bicubic_matrix(grid[1], side).to(pos)
+    pos = torch.einsum("hi,ijc,wj->hwc", rows, pos, cols)  # [h, w, C]
+    return pos.reshape(1, grid[0] * grid[1], dim)
 
 
 class GroupingStage(nn.Module):
