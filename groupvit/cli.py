@@ -72,6 +72,8 @@ def _info(args: argparse.Namespace) -> None:
                                                                 if settings.classes else ""))  # fmt: skip
     if settings.about:
         print(f"about: {settings.about}")
+    if settings.init:
+        print(f"fine-tuned from: {settings.init}")
 
 
 def _load(args: argparse.Namespace):
@@ -222,7 +224,7 @@ def _train(args: argparse.Namespace) -> int:
     again = "pass --resume to continue that run, --overwrite to start again, or choose another folder"
     output_dir(args.out, names=names, overwrite=args.overwrite, hint=again)
     overrides = list(args.overrides)
-    for key in ("data", "steps", "batch_size", "save_every"):
+    for key in ("data", "init", "steps", "batch_size", "save_every"):
         value = getattr(args, key)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -578,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a training YAML, e.g. configs/gcc_yfcc_30e.yaml or configs/synth_cpu.yaml")
     p.add_argument("--data", help="shards like 'cc3m/{000000..000436}.tar' (several joined with ::) or a CSV/TSV")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.safetensors, tensorboard/")
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="fine-tune: start from these weights (" + CHECKPOINT_HELP + "); the architecture comes from "
+                   "them; see docs/training.md for freeze and pretrained_lr_scale")  # fmt: skip
     p.add_argument("--steps", type=positive_int)
     p.add_argument("--batch-size", type=positive_int, dest="batch_size", help="per process")
     p.add_argument("--save-every", type=positive_int, dest="save_every")
