@@ -34,6 +34,7 @@ from groupvit.data.synthvoc import (
     voc_root,
 )
 from groupvit.evaluation.datasets import VOC_CLASSES, load_dataset
+from groupvit.evaluation.run import evaluate_segmentation
 from groupvit.pretrained import PRETRAINED
 from groupvit.training.config import TrainConfig
 from groupvit.training.finetune import (
@@ -283,3 +284,56 @@ def _png(rng: np.random.Generator) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- the fine-tuning demo
+
+
+@pytest.mark.slow
+def test_finetuning_demo_on_novel_classes_end_to_end(tmp_path):
+    """`groupvit demo --init synthvoc --vocabulary novel` for a few steps on a few scenes, then from scratch."""
+    data = tmp_path / "d"
+    common = ["--data", str(data), "--train-scenes", "200", "--val-scenes", "12", "--workers", "1", "--replay", "0.3",
+              "minutes=0", "steps=2", "eval_every=0"]  # fmt: skip
+    out = tmp_path / "finetuned"
+    run = subprocess.run([sys.executable, "-m", "groupvit", "demo", "--init", "synthvoc", "--vocabulary", "novel",
+                          "--out", str(out), *common], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["init"] == "synthvoc" and result["vocabulary"] == "novel" and result["steps"] == 2
+    assert set(result["per_class"]) == {"background", *NOVEL_NAMES} and result["images"] == 12
+    for key in ("miou", "voc_miou", "combined_miou"):
+        assert 0.0 <= result[key] <= 100.0
+    assert {"miou", "voc_miou", "combined_miou", "recognition"} <= set(result["before"])
+    # The training data: the novel scenes and the first VOC shard (replay), with the fine-tuning recipe.
+    train_config = json.loads((out / "train_config.json").read_text())
+    assert train_config["init"] == "synthvoc" and train_config["model"] == "" and train_config["lr"] == 3e-4
+    assert (
+        train_config["data"]
+        == f"{data}/novel/train_nouns/{{000000..000000}}.tar::{data}/train_nouns/{{000000..000000}}.tar"
+    )
+    # The scores, recomputed here at the thresholds results.json names.
+    shipped, after = groupvit.load_model("synthvoc"), groupvit.load_model(out / "model.safetensors")
+    assert after.test_settings.init == "synthvoc" and after.test_settings.classes == NOVEL_NAMES
+    novel_val = load_dataset("synthvoc", voc_root(data / "novel"), "val")
+    before = evaluate_segmentation(shipped, novel_val, background_threshold=result["before"]["background_threshold"],
+                                   progress=False)  # fmt: skip
+    assert result["before"]["miou"] == pytest.approx(before["miou"], abs=1e-9)
+    voc_val = load_dataset("voc", voc_root(data), "val")
+    voc = evaluate_segmentation(after, voc_val, background_threshold=result["background_threshold"], progress=False)
+    assert result["voc_miou"] == pytest.approx(voc["miou"], abs=1e-9)
+    combined = load_dataset("synthvoc", voc_root(data / "combined"), "val")
+    assert len(combined.class_names) == 40
+    # The grid: image, truth, after, before; the page says what fine-tuning changed.
+    assert Image.open(out / "report_grid.png").size[0] > 4 * 3 * 64
+    page = (out / "report.html").read_text()
+    assert "Fine-tuned from <code>synthvoc</code>" in page and "the 40-class split" in page
+    assert "new classes: val mIoU" in run.stdout
+    # From scratch on the same scenes: no init, no before, the same scores reported.
+    run = subprocess.run([sys.executable, "-m", "groupvit", "demo", "--vocabulary", "novel", "--out",
+                          str(tmp_path / "scratch"), *common], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    scratch = json.loads((tmp_path / "scratch" / "results.json").read_text())
+    assert scratch["init"] is None and "before" not in scratch and scratch["vocabulary"] == "novel"
+    assert {"voc_miou", "combined_miou", "shipped_model"} <= set(scratch)
+    assert json.loads((tmp_path / "scratch" / "train_config.json").read_text())["init"] == ""

@@ -61,14 +61,14 @@ def model_from_init(cfg: TrainConfig, verbose: bool = True) -> tuple[GroupViT, s
     loaded = load_model(cfg.init)
     check_architecture(cfg, loaded.config)
     training = copy.deepcopy(cfg.model_config(loaded.config))
-    if not loaded.config.logit_bias:
+    new_bias = training.logit_bias and not loaded.config.logit_bias
+    if new_bias:
         training.logit_bias_init = FRESH_LOGIT_BIAS
     model = GroupViT(training)  # every part drawn fresh, then the loaded ones replaced
     weights = loaded.state_dict()
     model.load_state_dict(weights, strict=False)  # the loaded model's keys are a subset: nothing is unexpected
     fresh = sorted(name for name, _ in model.named_parameters() if name not in weights)
     if fresh and verbose:
-        new_bias = training.logit_bias and not loaded.config.logit_bias
         bias = f"; logit biases start at {FRESH_LOGIT_BIAS:g}" if new_bias else ""
         print(f"groupvit train: {cfg.init} has no {', '.join(_short(fresh))} (training-only): started fresh{bias}",
               flush=True)  # fmt: skip
