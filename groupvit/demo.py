@@ -56,7 +56,7 @@ RECIPES: dict[str, dict] = {
 }  # fmt: skip
 
 
-# Fine-tuning a trained model (`--init`): the fast recipe at a tenth of its learning rate with a short warmup, as the
+# Fine-tuning a trained model (`--init`): the fast recipe at 0.3 times its learning rate with a short warmup, as the
 # feasibility run that made 20 new classes emerge in 10 minutes (docs/research/finetune.md); over the preset's train
 # section, under the command line's key=value overrides.
 FINETUNE_TRAIN = {"lr": 3e-4, "warmup_lr": 3e-6, "warmup_steps": 20}

@@ -306,7 +306,8 @@ def _cityscapes(root: Path, split: str) -> list[tuple[str, Path, Path]]:
 def load_dataset(name: str, root: str | Path, split: str = "val") -> SegmentationDataset:
     """One of DATASETS from its standard layout under `root` (ValueError naming what is missing otherwise).
 
-    root: `VOCdevkit/VOC2012` (voc, voc20), `VOCdevkit/VOC2010` (context, context59), the COCO-Object folder with
+    root: `VOCdevkit/VOC2012` (voc, voc20, and synthvoc: a SynthVOC folder's, of any vocabulary, its class names
+    in class_names.txt), `VOCdevkit/VOC2010` (context, context59), the COCO-Object folder with
     `images/` and `annotations/` (coco_object), `ADEChallengeData2016` (ade20k) or `cityscapes` (cityscapes).
     split: the split file name for VOC/Context (`val`, `train`, ...); `val`/`train` map to `val2017`/`train2017`
     for COCO and to `validation`/`training` for ADE20K."""
