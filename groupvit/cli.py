@@ -382,8 +382,8 @@ def _demo(args: argparse.Namespace) -> int:
         before = f" (before fine-tuning: {result['before']['miou']:.2f})" if result["init"] else ""
         print(f"new classes: val mIoU {result['miou']:.2f}{before}; VOC val mIoU {result['voc_miou']:.2f}, "
               f"40-class split {result['combined_miou']:.2f}")  # fmt: skip
-    print(f"SynthVOC {result['vocabulary']} val mIoU {result['miou']:.2f} (background threshold "
-          f"{result['background_threshold']}), "
+    classes = "" if result["vocabulary"] == "voc" else f" ({result['vocabulary']} classes)"
+    print(f"SynthVOC val mIoU {result['miou']:.2f}{classes} (background threshold {result['background_threshold']}), "
           f"final groups in use {result['groups_in_use']:.2f}, recognition {result['recognition']['pooled']:.1f} %, "
           f"after {result['minutes']:.1f} min / {result['images_seen']} images; "
           f"report: {Path(args.out) / 'report.html'}")  # fmt: skip
