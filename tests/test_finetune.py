@@ -217,7 +217,8 @@ def test_frozen_parts_stay_bit_identical(tmp_path, dataset):  # noqa: F811
 
 def test_resumed_finetuning_equals_uninterrupted(tmp_path, dataset, capsys):  # noqa: F811
     weights = tiny_weights(tmp_path)["groupvit"]
-    cfg = finetune_config(dataset, weights, steps=4, save_every=2, pretrained_lr_scale=0.5, freeze=["text"])
+    cfg = finetune_config(dataset, weights, steps=4, save_every=2, pretrained_lr_scale=0.5, freeze=["text"],
+                          classes=["red square", "blue square"])  # fmt: skip
     train(cfg, tmp_path / "full")
     train(cfg, tmp_path / "cut")
     (tmp_path / "cut" / "checkpoint.pt").unlink()  # as if stopped after step 2: resume from checkpoint.prev.pt
@@ -230,7 +231,8 @@ def test_resumed_finetuning_equals_uninterrupted(tmp_path, dataset, capsys):  # 
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["pretrained_parameters"] == b["pretrained_parameters"] and a["pretrained_parameters"]
     saved = groupvit.load_model(tmp_path / "cut" / "model.safetensors")
-    assert saved.test_settings.init == str(weights)
+    assert saved.test_settings.init == str(weights)  # recorded through the checkpoint across the resume
+    assert saved.test_settings.classes == ("red square", "blue square")  # the new vocabulary
     assert json.loads((tmp_path / "cut" / "train_config.json").read_text())["init"] == str(weights)
 
 
