@@ -79,3 +79,15 @@ def test_naming_variants_table_on_a_tiny_model_and_dataset(tmp_path):
     dense = json.loads((voc_root(out / "dense") / "scenes.json").read_text())
     assert report["scenes"] == {"calib": 3, "val": 8, "1_object": counts.count(1), "4_object": counts.count(4),
                                 "6plus": sum(len(s["objects"]) >= 6 for s in dense.values())}  # fmt: skip
+
+
+def test_finetune_memory_measures_each_batch_in_its_own_process():
+    run = subprocess.run([sys.executable, "-m", "benchmarks.finetune_memory", "--preset", "small", "--batches", "2",
+                          "4"], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert [r["batch"] for r in result["measured"]] == [2, 4] and all(r["peak_mib"] > 0 for r in result["measured"])
+    peaks = [r["peak_mib"] for r in result["measured"]]
+    # the line through two points: its value at 4 is the measurement, and it grows with the batch
+    assert result["fixed_mib"] + 4 * result["per_image_mib"] == pytest.approx(peaks[1])
+    assert result["computed"]["256"] > result["computed"]["16"] > 0
