@@ -2,8 +2,8 @@
 
 Each batch size runs in a fresh process: a model of the preset's architecture (random weights: memory does not
 depend on their values), the multi-label loss over K = 3 noun prompts per image, two AdamW steps (the second holds the
-optimiser's moments), then the peak resident set (ru_maxrss). A straight line through the measured points gives the
-larger batches.
+optimiser's moments; fused, as `groupvit train` runs it from torch 2.4), then the peak resident set (ru_maxrss). A
+straight line through the measured points gives the larger batches.
 
     python -m benchmarks.finetune_memory --preset gcc_yfcc --batches 2 3 4 8
     python -m benchmarks.finetune_memory --preset gcc_yfcc --batches 4 --freeze text
@@ -37,7 +37,7 @@ def one_step(preset: str, batch: int, frozen: list[str]) -> float:
     torch.manual_seed(0)
     model = GroupViT(cfg).train()
     freeze(model, frozen)
-    optimizer = torch.optim.AdamW(parameter_groups(model, 0.05, set()), lr=1e-5)
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.05, set()), lr=1e-5, fused=True)  # as train() on CPU
     size = cfg.vision.image_size
     images = torch.randn(batch, 3, size, size)
     texts = torch.randint(1, 49000, (batch, 1 + PROMPTS, cfg.text.context_length))
