@@ -59,6 +59,13 @@ RECIPES: dict[str, dict] = {
 
 # The paper's values of the demo options that are not part of a recipe (comparisons and variants).
 PAPER_VARIANT = {"baseline": None, "soft_assignment": False, "multi_label": True, "drop_boilerplate_nouns": False}
+# Fine-tuning a trained model (`--init`): the fast recipe at 0.3 times its learning rate with a short warmup, as the
+# feasibility run that made 20 new classes emerge in 10 minutes (docs/research/finetune.md); over the preset's train
+# section, under the command line's key=value overrides.
+FINETUNE_TRAIN = {"lr": 3e-4, "warmup_lr": 3e-6, "warmup_steps": 20}
+# The share of VOC scenes among the training scenes of another vocabulary (`--replay`): 30 % kept VOC val at 19.5
+# mIoU against 8.6 without, for 6 points of new-class mIoU (docs/research/finetune.md).
+REPLAY = 0.3
 
 # The background thresholds tried on calib. 0.95: the official VOC threshold. 0.05 (a pixel's score is at least
 # 1/(5 C) = 0.01): the runs with mosaics chose 0.1, the lowest point before (docs/synthvoc.md, tenth round).
@@ -93,10 +100,17 @@ class DemoOptions:
     config: str | Path | None = None  # YAML file or packaged name (synthvoc_gpu): sections over the preset's
     overrides: tuple[str, ...] = ()  # key=value for the training config
     scene: tuple[str, ...] = ()  # key=value for SceneOptions, over the preset's `scene` section
+    init: str | None = None  # fine-tune these weights (a name or path load_model reads) instead of random ones
+    vocabulary: str = "voc"  # the classes trained on and scored: voc, or novel (20 classes VOC lacks)
+    replay: float = REPLAY  # with vocabulary novel: the share of VOC scenes among the training scenes
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
+        if self.vocabulary not in ("voc", "novel"):
+            raise ValueError(f"vocabulary must be voc or novel, got {self.vocabulary!r}")
+        if not 0 <= self.replay < 1:
+            raise ValueError(f"replay is a share of the training scenes, 0 <= replay < 1; got {self.replay}")
         for key, value in RECIPES[self.recipe].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
@@ -202,16 +216,19 @@ def variant_model(model: dict, options: DemoOptions) -> dict:
     return model
 
 
-def prepare_data(options: DemoOptions, scene: SceneOptions) -> tuple[Path, str]:
-    """Generate SynthVOC (cached) and tag its captions' nouns once; returns (root, training shard pattern)."""
+def prepare_data(options: DemoOptions, scene: SceneOptions, root: Path | None = None,
+                 train: int | None = None) -> tuple[Path, str]:  # fmt: skip
+    """Generate SynthVOC (cached) in `root` (default: --data or the cache) with `train` training scenes (default:
+    --train-scenes) and tag its captions' nouns once; returns (root, training shard pattern; '' without scenes)."""
     from filelock import FileLock, Timeout
 
     from .data.nouns import prepare_nouns
     from .data.synthvoc import SynthVOCSpec, generate, train_shards
     from .training.data import expand_shards
 
-    root = Path(options.data or default_data_dir(options.seed, scene))
-    spec = SynthVOCSpec(seed=options.seed, train=options.train_scenes, val=options.val_scenes, scene=scene)
+    root = Path(root or options.data or default_data_dir(options.seed, scene))
+    train = options.train_scenes if train is None else train
+    spec = SynthVOCSpec(seed=options.seed, train=train, val=options.val_scenes, scene=scene)
     tagged = root / "train_nouns"
     root.parent.mkdir(parents=True, exist_ok=True)
     # One process prepares a folder at a time: two demos started together on one cache would otherwise delete
@@ -225,11 +242,29 @@ def prepare_data(options: DemoOptions, scene: SceneOptions) -> tuple[Path, str]:
     try:
         if generate(root, spec, workers=options.workers):
             shutil.rmtree(tagged, ignore_errors=True)  # nouns of the previous scenes
-        shards = expand_shards(train_shards(root / "train", spec))
-        prepare_nouns(shards, tagged, num_workers=options.workers, skip_existing=True)
+        if train:
+            shards = expand_shards(train_shards(root / "train", spec))
+            prepare_nouns(shards, tagged, num_workers=options.workers, skip_existing=True)
     finally:
         lock.release()
-    return root, train_shards(tagged, spec)
+    return root, train_shards(tagged, spec) if train else ""
+
+
+def prepare_novel_data(options: DemoOptions, scene: SceneOptions, voc: Path) -> tuple[str, Path, Path]:
+    """The data of `--vocabulary novel`: its scenes, with the share `replay` of the training scenes taken from the
+    VOC folder `voc` (the first of its tagged shards), and a 40-class split of both vocabularies. Returns (training
+    shards, the novel folder's VOC-layout root, the combined one's). With --data D: D/novel and D/combined."""
+    from .data.synthvoc import SynthVOCSpec, train_shards, voc_root
+
+    novel, combined = (dataclasses.replace(scene, vocabulary=v) for v in ("novel", "combined"))
+    folders = {v: Path(options.data) / v if options.data else None for v in ("novel", "combined")}
+    replayed = round(options.replay * options.train_scenes)
+    novel_root, shards = prepare_data(options, novel, folders["novel"], options.train_scenes - replayed)
+    combined_root, _ = prepare_data(options, combined, folders["combined"], 0)
+    if replayed:  # whole shards: the share is exact when it is a multiple of the shard size
+        spec = SynthVOCSpec(train=max(replayed, SynthVOCSpec.shard_size))
+        shards += "::" + train_shards(voc / "train_nouns", spec)
+    return shards, voc_root(novel_root), voc_root(combined_root)
 
 
 def scene_file(index: int) -> str:
@@ -258,7 +293,10 @@ def write_scenes(options: DemoOptions, count: int) -> list[Path]:
 
 
 def run_demo(options: DemoOptions) -> dict:
-    """Data, training for `options.minutes`, calibrated zero-shot evaluation, report. Returns results.json's dict."""
+    """Data, training for `options.minutes`, calibrated zero-shot evaluation, report. Returns results.json's dict.
+
+    With `init`, the model is fine-tuned from those weights (FINETUNE_TRAIN) and scored before and after; with
+    vocabulary novel, it is trained and scored on the 20 new classes, then also on VOC val and the 40-class split."""
 
     from .checkpoint import load_model, save_model
     from .data.nouns import BOILERPLATE_WORDS
@@ -272,17 +310,29 @@ def run_demo(options: DemoOptions) -> dict:
     model_section, train_section, scene_section = preset_sections(options.config)
     scene = scene_options(scene_section, options.scene)
     model_section = variant_model(model_section, options)
+    before = None
+    if options.init:  # the architecture and its size come from the weights
+        before = load_model(options.init)
+        size = before.config.vision.image_size
+        train_section = {**train_section, **FINETUNE_TRAIN, "image_size": size, "eval_short_side": size}
     # Bad settings fail now, not after minutes of data generation.
     GroupViTConfig.from_dict(model_section)
     TrainConfig.from_dict({**train_section, "mosaic_loss": options.mosaic_loss}, list(options.overrides))
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     root, shards = prepare_data(options, scene)
-    (out / "model.yaml").write_text(yaml.safe_dump({"model": model_section}, sort_keys=False))
     voc = voc_root(root)
+    scored, dataset, combined = voc, "voc", None  # the VOC-layout folder trained for and scored, and its loader
+    if options.vocabulary == "novel":
+        shards, scored, combined = prepare_novel_data(options, scene, root)
+        dataset = "synthvoc"  # its class names from the folder (groupvit.evaluation.datasets)
+    if not options.init:
+        (out / "model.yaml").write_text(yaml.safe_dump({"model": model_section}, sort_keys=False))
     cfg = TrainConfig.from_dict(
-        {**train_section, "model": str(out / "model.yaml"), "data": shards, "minutes": options.minutes,
-         "seed": options.seed, "eval_root": str(voc), "noun_loss": options.noun_loss, "loss": options.loss,
+        {**train_section, "model": "" if options.init else str(out / "model.yaml"), "init": options.init or "",
+         "data": shards, "minutes": options.minutes,
+         "seed": options.seed, "eval_root": str(scored), "eval_dataset": dataset, "noun_loss": options.noun_loss,
+         "loss": options.loss,
          "noun_positives": options.noun_positives, "deep_noun_loss": options.deep_noun_loss,
          "deep_noun_decay": options.deep_noun_decay, "mosaic_loss": options.mosaic_loss,
          "noun_templates": options.noun_templates,
@@ -294,20 +344,23 @@ def run_demo(options: DemoOptions) -> dict:
     summary = train(cfg, out)
     model = load_model(out / "model.safetensors")
     size = cfg.image_size
-    result = evaluate_demo(model, voc, size)
-    val = load_dataset("voc", voc, "val")
+    result = evaluate_demo(model, scored, size, dataset)
+    val = load_dataset(dataset, scored, "val")
     # Run later as it was scored here (groupvit.settings): `groupvit segment --checkpoint OUT/model.safetensors`.
-    about = (
-        f"GroupViT trained by `groupvit demo` on SynthVOC captions ({options.recipe} recipe, {summary['steps']} steps)"
-    )
-    model.test_settings = synthvoc_test_settings(size, result["background_threshold"], val.class_names, about)
+    how = f"fine-tuned from {options.init}" if options.init else "trained"
+    about = (f"GroupViT {how} by `groupvit demo` on SynthVOC captions ({options.vocabulary} classes, "
+             f"{options.recipe} recipe, {summary['steps']} steps)")  # fmt: skip
+    model.test_settings = synthvoc_test_settings(size, result["background_threshold"], val.class_names, about,
+                                                 init=options.init or "")  # fmt: skip
     save_model(model, out / "model.safetensors")
     shipped = shipped_model()
-    scenes = json.loads((voc / "scenes.json").read_text())
+    scenes = json.loads((scored / "scenes.json").read_text())
     by_objects: dict[int, list[int]] = {}
     for item in result.pop("per_image"):
         by_objects.setdefault(len(scenes[item["id"]]["objects"]), []).append(item["groups_in_use"])
     result.update(
+        init=options.init,
+        vocabulary=options.vocabulary,
         minutes=summary["minutes"],
         images_seen=summary["images_seen"],
         steps=summary["steps"],
@@ -317,17 +370,47 @@ def run_demo(options: DemoOptions) -> dict:
                  **{key: getattr(options, key) for key in RECIPES["paper"]},
                  "config": str(options.config) if options.config else None},
         departures_from_paper=options.departures(),
-        scene=dataclasses.asdict(scene),
+        scene=dataclasses.asdict(dataclasses.replace(scene, vocabulary=options.vocabulary)),
         groups_in_use_by_objects={str(k): float(np.mean(v)) for k, v in sorted(by_objects.items())},
         prompt_similarity=prompt_similarity(class_text_embeddings(model, val.class_names), val.class_names),
         curve=summary["eval_history"],
     )  # fmt: skip
+    if options.vocabulary == "novel":
+        result["replay"] = options.replay
+    if before is not None:
+        result["before"] = before_scores(before, scored, size, dataset)
+    if combined is not None:
+        result.update(forgetting(model, voc, combined))
+        if before is not None:
+            result["before"].update(forgetting(before, voc, combined))
     if shipped is not None:
         result["shipped_model"] = score_shipped(shipped, val)
+    grid_before = (before, f"before: {options.init}") if before is not None else (shipped, f"shipped {SHIPPED}")
     result["report_grid"] = write_report(model, val, scenes, result, out, result["background_threshold"], size,
-                                         shipped=shipped)  # fmt: skip
+                                         shipped=grid_before[0], shipped_title=grid_before[1])  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def before_scores(model, root: Path, size: int, dataset: str) -> dict:
+    """The scores `run_demo` reports, of the model a fine-tuning run started from: calibrated on calib as the
+    fine-tuned model is."""
+    scores = evaluate_demo(model, root, size, dataset)
+    return {"miou": scores["miou"], "background_threshold": scores["background_threshold"],
+            "oracle_miou": scores["oracle"]["miou"], "recognition": scores["recognition"],
+            "per_class": scores["per_class"]}  # fmt: skip
+
+
+def forgetting(model, voc: Path, combined: Path) -> dict:
+    """What a model trained on the novel classes knows of the VOC ones: VOC val and the 40-class split, each at the
+    settings recorded with the model (its threshold, calibrated on the novel classes' calib)."""
+    from .evaluation.datasets import load_dataset
+
+    scores = {name: score_at_own_settings(model, load_dataset(kind, root, "val"))
+              for name, kind, root in (("voc", "voc", voc), ("combined", "synthvoc", combined))}  # fmt: skip
+    return {"voc_miou": scores["voc"]["miou"], "voc_recognition": scores["voc"]["recognition"]["pooled"],
+            "combined_miou": scores["combined"]["miou"],
+            "combined_recognition": scores["combined"]["recognition"]["pooled"]}  # fmt: skip
 
 
 def shipped_model():
@@ -342,11 +425,12 @@ def shipped_model():
         return None
 
 
-def synthvoc_test_settings(size: int, threshold: float, class_names: Sequence[str], about: str) -> TestSettings:
+def synthvoc_test_settings(size: int, threshold: float, class_names: Sequence[str], about: str,
+                           init: str = "") -> TestSettings:  # fmt: skip
     """How a SynthVOC model is run, as the demo scores it: the whole image at its training size, the threshold
-    chosen on calib, the 20 VOC classes."""
+    chosen on calib, the classes of its vocabulary; `init`, the weights it was fine-tuned from."""
     return TestSettings(short_side=size, mode="whole", crop_size=size, stride=size // 2, background_threshold=threshold,
-                        classes=tuple(class_names), about=about, trained_on="synthvoc")  # fmt: skip
+                        classes=tuple(class_names), about=about, trained_on="synthvoc", init=init)  # fmt: skip
 
 
 def score_at_own_settings(model, dataset, limit: int | None = None) -> dict:
@@ -372,7 +456,7 @@ def score_shipped(model, val) -> dict:
     }
 
 
-def evaluate_demo(model, voc: Path, size: int, calib_images: int = 100) -> dict:
+def evaluate_demo(model, voc: Path, size: int, dataset: str = "voc", calib_images: int = 100) -> dict:
     """Score a trained model on SynthVOC's VOC-layout folder. The background threshold and the naming variant
     are chosen on the labelled 'calib' split, never on the reported 'val'; val is then encoded once and named
     with the calibrated threshold (the headline), the official 0.95 and the best naming variant. Recognition
@@ -384,13 +468,13 @@ def evaluate_demo(model, voc: Path, size: int, calib_images: int = 100) -> dict:
 
     grouped = any(model.config.vision.num_group_tokens)  # a plain ViT has no groups to split hierarchically
     namings = {name: n for name, n in NAMINGS.items() if grouped or n.hierarchical is None}
-    calib = CalibrationImages(model, load_dataset("voc", voc, "calib"), calib_images, "whole", members=grouped,
+    calib = CalibrationImages(model, load_dataset(dataset, voc, "calib"), calib_images, "whole", members=grouped,
                               short_side=size)  # fmt: skip
     best, choice = choose_naming(calib, namings, DEMO_THRESHOLDS)
     threshold = choice["official"]["threshold"]
     options = {"calibrated": (threshold, NAMINGS["official"]), "official": (DATASET_DEFAULT, NAMINGS["official"]),
                "best": (choice[best]["threshold"], NAMINGS[best])}  # fmt: skip
-    results = evaluate_namings(model, load_dataset("voc", voc, "val"), options, "whole", short_side=size,
+    results = evaluate_namings(model, load_dataset(dataset, voc, "val"), options, "whole", short_side=size,
                                per_image=True, oracle=True, recognition=True)  # fmt: skip
     return {
         **results["calibrated"],
@@ -415,10 +499,12 @@ def largest_object_named(prediction: np.ndarray, target: np.ndarray) -> tuple[in
 
 
 def write_report(model, dataset, scenes: dict, result: dict, out: Path, threshold: float, size: int,
-                 images: int = 12, shipped=None, min_iou: float = 0.5) -> dict:  # fmt: skip
+                 images: int = 12, shipped=None, min_iou: float = 0.5, shipped_title: str = f"shipped {SHIPPED}",
+                 ) -> dict:  # fmt: skip
     """report.html: the numbers, the mIoU curve, and a grid of image / ground truth / prediction / group maps;
-    with `shipped` (the model shipped in the package), its prediction beside the fresh model's. Returns the grid's
-    check: in how many of its scenes the largest object is segmented and named correctly (IoU >= `min_iou`)."""
+    with `shipped` (the model shipped in the package, or the one a fine-tuning run started from: `shipped_title`),
+    its prediction beside the fresh model's. Returns the grid's check: in how many of its scenes the largest object
+    is segmented and named correctly (IoU >= `min_iou`)."""
     from .segmentation import ZeroShotSegmenter
     from .viz import comparison_grid, group_maps_image, result_grid
 
@@ -434,7 +520,7 @@ def write_report(model, dataset, scenes: dict, result: dict, out: Path, threshol
                         "iou": round(100 * iou, 1)})  # fmt: skip
         rows.append((image, target, seg.labels, *([] if other is None else [other(image).labels])))
         groups.append([group_maps_image(image, seg.group_maps)])
-    titles = ("image", "ground truth", "this run", *([] if other is None else [f"shipped {SHIPPED}"]))
+    titles = ("image", "ground truth", "this run", *([] if other is None else [shipped_title]))
     names = [dataset.samples[i][0] for i in range(len(rows))]
     captions = [f"{name}: {scenes[name]['caption']}" for name in names]
     comparison_grid(rows, dataset.label_names, titles, captions=captions).save(out / "report_grid.png")
@@ -455,7 +541,8 @@ table{{border-collapse:collapse;margin:0.5em 0}}tr:nth-child(even){{background:#
 image-caption pairs); recipe <b>{html.escape(result["recipe"])}</b>.</p>
 <h2>Results on {result["images"]} validation scenes</h2>
 {results_table(result, threshold)}
-{shipped_paragraph(result.get("shipped_model"))}
+{finetune_paragraph(result)}
+{shipped_paragraph(result.get("shipped_model"), in_grid=not result.get("init"))}
 <h2>Departures from the paper's recipe</h2>
 {departures_table(result["departures_from_paper"])}
 {curve_svg(result["curve"])}
@@ -508,14 +595,36 @@ def departures_table(departures: dict) -> str:
     return html_table(("option", "this run", "paper"), [(k, v, paper[k]) for k, v in departures.items()])
 
 
-def shipped_paragraph(scores: dict | None) -> str:
+def finetune_paragraph(result: dict) -> str:
+    """What fine-tuning changed (the model before, in the grid's last column) and what was forgotten of VOC."""
+    parts = []
+    if result.get("init"):
+        b = result["before"]
+        parts.append(f"Fine-tuned from <code>{html.escape(result['init'])}</code> on the {result['vocabulary']} "
+                     f"classes. Before fine-tuning, calibrated the same way: <b>mIoU {b['miou']:.2f}</b>, recognition "
+                     f"{b['recognition']['pooled']:.1f} %; its predictions are the grid's last column.")  # fmt: skip
+    if "voc_miou" in result:
+        before = result.get("before", {})
+
+        def was(key: str) -> str:
+            return f" (before: {before[key]:.2f})" if key in before else ""
+
+        parts.append(f"Trained on the {result['vocabulary']} classes with {100 * result['replay']:.0f} % of the "
+                     f"scenes from VOC (replay). What it knows of VOC, at its recorded threshold: VOC val mIoU "
+                     f"<b>{result['voc_miou']:.2f}</b>{was('voc_miou')}; the 40-class split (VOC and new) "
+                     f"<b>{result['combined_miou']:.2f}</b>{was('combined_miou')}.")  # fmt: skip
+    return f"<p>{' '.join(parts)}</p>" if parts else ""
+
+
+def shipped_paragraph(scores: dict | None, in_grid: bool = True) -> str:
     if scores is None:
         return "<p>No model is shipped in this copy of the package to compare with.</p>"
+    column = "; its predictions are the last column of the grid" if in_grid else ""
     return (
         f"<p>On the same scenes, the model shipped in the package (<code>{SHIPPED}</code>: "
         f"{html.escape(scores['about'])}) scores <b>mIoU {scores['miou']:.2f}</b> at the threshold recorded with "
         f"it ({scores['background_threshold']}), oracle-named {scores['oracle_miou']:.2f}, recognition "
-        f"{scores['recognition']['pooled']:.1f} %; its predictions are the last column of the grid.</p>"
+        f"{scores['recognition']['pooled']:.1f} %{column}.</p>"
     )
 
 

@@ -43,6 +43,7 @@ class TestSettings:
     classes: the vocabulary the model was trained to know (a suggestion for the app and `segment`; may be empty).
     about: one line on what the model is, for the app's page.
     trained_on: the kind of images it knows ("synthvoc" for SynthVOC's scenes; empty for photographs).
+    init: the weights it was fine-tuned from (`groupvit train --init`; empty for a model trained from scratch).
     """
 
     __test__ = False  # not a pytest class
@@ -56,6 +57,7 @@ class TestSettings:
     classes: tuple[str, ...] = ()
     about: str = ""
     trained_on: str = ""  # "synthvoc" for SynthVOC scenes: the app then shows SynthVOC scenes as examples
+    init: str = ""  # what `groupvit train --init` started from (provenance, not a setting)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

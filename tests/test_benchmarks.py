@@ -97,3 +97,15 @@ def test_accumulation_benchmark_counts_saved_tensors_and_runs_a_step():
         assert row["k"] == 2 and row["micro_batch"] == 4 and row["variant"] == variant
         assert row["ms_per_image"] > 0 and row["cpu_ms_per_image"] > 0
         assert row["peak_rss_mib"] >= row["rss_before_steps_mib"] > 0
+
+
+def test_finetune_memory_measures_each_batch_in_its_own_process():
+    run = subprocess.run([sys.executable, "-m", "benchmarks.finetune_memory", "--preset", "small", "--batches", "2",
+                          "4"], capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert [r["batch"] for r in result["measured"]] == [2, 4] and all(r["peak_mib"] > 0 for r in result["measured"])
+    peaks = [r["peak_mib"] for r in result["measured"]]
+    # the line through two points: its value at 4 is the measurement, and it grows with the batch
+    assert result["fixed_mib"] + 4 * result["per_image_mib"] == pytest.approx(peaks[1])
+    assert result["computed"]["256"] > result["computed"]["16"] > 0

@@ -63,7 +63,7 @@ def first_pixels(labels: np.ndarray, n: int) -> list[int]:
 
 
 def test_class_lists():
-    assert DATASETS == ("voc", "context", "coco_object", "voc20", "context59", "ade20k", "cityscapes")
+    assert DATASETS == ("voc", "context", "coco_object", "voc20", "context59", "ade20k", "cityscapes", "synthvoc")
     sizes = {VOC_CLASSES: 20, CONTEXT_CLASSES: 59, COCO_OBJECT_CLASSES: 80, ADE20K_CLASSES: 150, CITYSCAPES_CLASSES: 19}
     for names, n in sizes.items():
         assert len(names) == n and len(set(names)) == n and "background" not in names

@@ -1,4 +1,5 @@
-"""SynthVOC: captioned scenes of the 20 PASCAL VOC classes drawn with OpenMoji glyphs.
+"""SynthVOC: captioned scenes of the 20 PASCAL VOC classes drawn with OpenMoji glyphs (or of a second vocabulary
+of 20 classes VOC lacks, `novel`, or of both, `combined`, for fine-tuning).
 
 Training scenes are written as webdataset shards (`jpg` + `txt`, no masks), exactly like web image-text
 data; validation scenes in the PASCAL VOC 2012 layout (`JPEGImages/`, `SegmentationClass/` palette PNGs,
@@ -59,6 +60,37 @@ VOC_OBJECTS: tuple[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], ...
     ("monitor", ("\U0001f4fa", "\U0001f5a5"), (("tv", "tvs"), ("television", "televisions"), ("monitor", "monitors"))),
 )  # fmt: skip
 
+# A second vocabulary, 20 classes VOC lacks (`vocabulary: novel`), to fine-tune a trained model on: glyphs that look
+# unlike the VOC classes and unlike the clutter below (fruit, tools, instruments, things worn or carried), chosen as
+# in docs/research/finetune.md. Class names are the first word; a glyph of several things (grapes, scissors,
+# glasses) is named as one ("a bunch of grapes").
+NOVEL_OBJECTS: tuple[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], ...] = (
+    ("banana", ("\U0001f34c",), (("banana", "bananas"),)),
+    ("grapes", ("\U0001f347",), (("bunch of grapes", "bunches of grapes"), ("grape bunch", "grape bunches"))),
+    ("strawberry", ("\U0001f353",), (("strawberry", "strawberries"), ("berry", "berries"))),
+    ("pineapple", ("\U0001f34d",), (("pineapple", "pineapples"),)),
+    ("pizza", ("\U0001f355",), (("pizza", "pizzas"), ("pizza slice", "pizza slices"))),
+    ("hammer", ("\U0001f528",), (("hammer", "hammers"), ("mallet", "mallets"))),
+    ("wrench", ("\U0001f527",), (("wrench", "wrenches"), ("spanner", "spanners"))),
+    ("scissors", ("\u2702",), (("pair of scissors", "pairs of scissors"),)),
+    ("guitar", ("\U0001f3b8",), (("guitar", "guitars"),)),
+    ("trumpet", ("\U0001f3ba",), (("trumpet", "trumpets"), ("horn", "horns"))),
+    ("violin", ("\U0001f3bb",), (("violin", "violins"), ("fiddle", "fiddles"))),
+    ("key", ("\U0001f511", "\U0001f5dd"), (("key", "keys"),)),
+    ("umbrella", ("\u2602", "\u2614", "\U0001f302"), (("umbrella", "umbrellas"), ("parasol", "parasols"))),
+    ("crown", ("\U0001f451",), (("crown", "crowns"),)),
+    ("hat", ("\U0001f3a9",), (("hat", "hats"), ("top hat", "top hats"))),
+    ("shoe", ("\U0001f45f", "\U0001f45e"), (("shoe", "shoes"), ("sneaker", "sneakers"))),
+    ("glasses", ("\U0001f453", "\U0001f576"),
+     (("pair of glasses", "pairs of glasses"), ("pair of sunglasses", "pairs of sunglasses"))),
+    ("lightbulb", ("\U0001f4a1",), (("lightbulb", "lightbulbs"), ("bulb", "bulbs"))),  # "light": traffic light
+    ("clock", ("\u23f0", "\U0001f570"), (("clock", "clocks"), ("alarm clock", "alarm clocks"))),
+    ("bell", ("\U0001f514",), (("bell", "bells"),)),
+)  # fmt: skip
+# The object tables scenes draw from (SceneOptions.vocabulary); "combined" is VOC then the novel classes, 40
+# labels, to measure what a model fine-tuned on the novel classes forgets of the VOC ones.
+VOCABULARIES = {"voc": VOC_OBJECTS, "novel": NOVEL_OBJECTS, "combined": VOC_OBJECTS + NOVEL_OBJECTS}
+
 # Clutter: glyphs outside the VOC classes, painted behind the objects and labelled background.
 CLUTTER: tuple[tuple[str, str], ...] = (
     ("\U0001f333", "tree"), ("\U0001f332", "pine tree"), ("\U0001f3e0", "house"), ("\U0001f3e1", "house"),
@@ -80,6 +112,7 @@ TEMPLATES = (
     "emoji art with {objects}", "{objects}, {background} background", "look at {objects}!",
 )  # fmt: skip
 SPLITS = {"train": 0, "val": 1, "test": 2, "calib": 3}
+CLASS_NAMES_FILE = "class_names.txt"  # in the VOC-layout folder: the vocabulary's class names, label 1 first
 GLYPH_PX = 128  # glyphs are rendered once at this size and resized per object
 MAX_OBJECTS = 20  # objects (or clutter glyphs) in one scene
 
@@ -94,6 +127,7 @@ class SceneOptions:
     unmentioned: float = 0.1  # chance that an object class is left out of the caption
     same_class: float = 0.2  # chance that an extra object repeats a class already in the scene
     min_visible: float = 0.6  # an object keeps at least this share of its pixels after occlusion
+    vocabulary: str = "voc"  # the object classes (VOCABULARIES): voc, novel (20 classes VOC lacks) or combined
 
     def __post_init__(self) -> None:
         counts = {"size": (16, 1024), "min_objects": (0, MAX_OBJECTS), "max_objects": (self.min_objects, MAX_OBJECTS),
@@ -111,14 +145,24 @@ class SceneOptions:
                 and 0 < scale[0] <= scale[1] <= 1):  # fmt: skip
             raise ValueError(f"scene options: object_scale={scale!r} must be [low, high] with 0 < low <= high <= 1")
         object.__setattr__(self, "object_scale", tuple(scale))  # YAML and JSON give lists; equal options stay equal
+        if self.vocabulary not in VOCABULARIES:
+            raise ValueError(f"scene vocabulary must be one of {', '.join(VOCABULARIES)}, got {self.vocabulary!r}")
+
+    @property
+    def objects(self) -> tuple[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], ...]:
+        return VOCABULARIES[self.vocabulary]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.objects)
 
 
 @dataclass
 class Scene:
     image: np.ndarray  # [S, S, 3] uint8
-    labels: np.ndarray  # [S, S] uint8: 0 background, 1..20 VOC classes
+    labels: np.ndarray  # [S, S] uint8: 0 background, 1..C the vocabulary's classes
     caption: str
-    classes: list[int]  # VOC class index (0-based) of every object, drawing order
+    classes: list[int]  # class index (0-based, in the vocabulary) of every object, drawing order
     clutter: list[str]  # clutter words of the glyphs drawn
     mentioned_clutter: list[str]
 
@@ -228,7 +272,7 @@ def _join(phrases: list[str], rng: np.random.Generator) -> str:
 
 def caption_for(
     classes: Sequence[int], clutter: Sequence[str], background_kind: str, rng: np.random.Generator,
-    unmentioned: float = 0.1,
+    unmentioned: float = 0.1, objects: Sequence = VOC_OBJECTS,
 ) -> tuple[str, list[str]]:  # fmt: skip
     """Web-alt-text-like caption naming the object classes (shuffled, synonyms, plurals, some left out) and
     sometimes clutter; returns (caption, clutter words it mentions)."""
@@ -239,7 +283,7 @@ def caption_for(
     rng.shuffle(named)
     phrases = []
     for c in named:
-        options = VOC_OBJECTS[c][2]
+        options = objects[c][2]
         # The class's main word half of the time, a synonym otherwise.
         words = options[0] if rng.random() < 0.5 else options[int(rng.integers(len(options)))]
         phrases.append(_noun_phrase(words, counts[c], rng))
@@ -261,7 +305,10 @@ def caption_for(
 
 def make_scene(seed: int, split: str, index: int, options: SceneOptions = SceneOptions()) -> Scene:
     """Scene `index` of `split`: a function of (seed, split, index, options) only."""
-    rng = np.random.default_rng([seed, SPLITS[split], index])
+    # Another vocabulary draws other layouts too (VOC scenes keep the stream they always had).
+    vocabulary = [] if options.vocabulary == "voc" else [list(VOCABULARIES).index(options.vocabulary)]
+    rng = np.random.default_rng([seed, SPLITS[split], index, *vocabulary])
+    objects = options.objects
     size = options.size
     canvas, bg_kind = background(rng, size)
     canvas = canvas.astype(np.float32)
@@ -281,8 +328,8 @@ def make_scene(seed: int, split: str, index: int, options: SceneOptions = SceneO
         if classes and rng.random() < options.same_class:
             c = int(rng.choice(classes))
         else:
-            c = int(rng.integers(len(VOC_OBJECTS)))
-        glyphs = VOC_OBJECTS[c][1]
+            c = int(rng.integers(len(objects)))
+        glyphs = objects[c][1]
         rgb, alpha, y, x = _place(
             glyph(glyphs[int(rng.integers(len(glyphs)))]), rng, size, rng.uniform(*options.object_scale),
             rng.uniform(-20, 20),
@@ -304,7 +351,7 @@ def make_scene(seed: int, split: str, index: int, options: SceneOptions = SceneO
         classes.append(c)
     for c, m in zip(classes, masks, strict=True):
         labels[m] = c + 1
-    caption, mentioned = caption_for(classes, clutter, bg_kind, rng, options.unmentioned)
+    caption, mentioned = caption_for(classes, clutter, bg_kind, rng, options.unmentioned, objects)
     image = np.clip(canvas, 0, 255).astype(np.uint8)
     return Scene(image, labels, caption, classes, clutter, mentioned)
 
@@ -349,7 +396,8 @@ def write_voc_images(root: str, seed: int, split: str, indices: Sequence[int], o
         image_id = f"{split}_{i:06d}"
         (Path(root) / "JPEGImages" / f"{image_id}.jpg").write_bytes(encode_jpeg(scene.image))
         label_image(scene.labels).save(Path(root) / "SegmentationClass" / f"{image_id}.png", optimize=False)
-        scenes.append({"id": image_id, "objects": [CLASS_NAMES[c] for c in scene.classes], "caption": scene.caption})
+        names = options.class_names
+        scenes.append({"id": image_id, "objects": [names[c] for c in scene.classes], "caption": scene.caption})
     return scenes
 
 
@@ -415,5 +463,7 @@ def generate(root: str | Path, spec: SynthVOCSpec = SynthVOCSpec(), workers: int
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{s['id']}\n" for s in written))
         scenes.update({s["id"]: {"objects": s["objects"], "caption": s["caption"]} for s in written})
     (voc / "scenes.json").write_text(json.dumps(scenes, indent=1))
-    manifest.write_text(json.dumps({"spec": spec.to_dict(), "classes": list(CLASS_NAMES)}, indent=2))
+    # label i is class i - 1 of the vocabulary: `load_dataset("synthvoc", ...)` reads the names from here
+    (voc / CLASS_NAMES_FILE).write_text("".join(f"{name}\n" for name in spec.scene.class_names))
+    manifest.write_text(json.dumps({"spec": spec.to_dict(), "classes": list(spec.scene.class_names)}, indent=2))
     return True

@@ -86,7 +86,7 @@ CITYSCAPES_CLASSES: tuple[str, ...] = (
     "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )  # fmt: skip
 
-DATASETS: tuple[str, ...] = ("voc", "context", "coco_object", "voc20", "context59", "ade20k", "cityscapes")
+DATASETS: tuple[str, ...] = ("voc", "context", "coco_object", "voc20", "context59", "ade20k", "cityscapes", "synthvoc")
 
 # The configs' background thresholds (spec 5.3); datasets without a background class have none.
 
@@ -258,6 +258,15 @@ def _voc_like(root: Path, split: str, split_dir: str, label_dir: str, expected: 
     return samples
 
 
+def _synthvoc_classes(root: Path) -> list[str]:
+    """The class names a SynthVOC folder's class_names.txt lists, label 1 first (groupvit.data.synthvoc)."""
+    path = root / "class_names.txt"
+    if not path.is_file():
+        raise ValueError(f"{root} has no class_names.txt: not a SynthVOC folder of this version; generate it again "
+                         "(`groupvit demo` does, into its --data folder)")  # fmt: skip
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
 def _coco_object(root: Path, split: str) -> list[tuple[str, Path, Path]]:
     split = {"val": "val2017", "train": "train2017"}.get(split, split)
     expected = "COCO-Object"
@@ -299,7 +308,8 @@ def _cityscapes(root: Path, split: str) -> list[tuple[str, Path, Path]]:
 def load_dataset(name: str, root: str | Path, split: str = "val") -> SegmentationDataset:
     """One of DATASETS from its standard layout under `root` (ValueError naming what is missing otherwise).
 
-    root: `VOCdevkit/VOC2012` (voc, voc20), `VOCdevkit/VOC2010` (context, context59), the COCO-Object folder with
+    root: `VOCdevkit/VOC2012` (voc, voc20, and synthvoc: a SynthVOC folder's, of any vocabulary, its class names
+    in class_names.txt), `VOCdevkit/VOC2010` (context, context59), the COCO-Object folder with
     `images/` and `annotations/` (coco_object), `ADEChallengeData2016` (ade20k) or `cityscapes` (cityscapes).
     split: the split file name for VOC/Context (`val`, `train`, ...); `val`/`train` map to `val2017`/`train2017`
     for COCO and to `validation`/`training` for ADE20K."""
@@ -307,6 +317,10 @@ def load_dataset(name: str, root: str | Path, split: str = "val") -> Segmentatio
     if name in ("voc", "voc20"):
         samples = _voc_like(root, split, "Segmentation", "SegmentationClass", "VOCdevkit/VOC2012")
         raw_classes, classes = 21, VOC_CLASSES
+    elif name == "synthvoc":  # a SynthVOC folder of any vocabulary (groupvit.data.synthvoc): VOC's, or its own
+        samples = _voc_like(root, split, "Segmentation", "SegmentationClass", "VOCdevkit/VOC2012")
+        classes = _synthvoc_classes(root)
+        raw_classes = len(classes) + 1
     elif name in ("context", "context59"):
         samples = _voc_like(root, split, "SegmentationContext", "SegmentationClassContext", "VOCdevkit/VOC2010")
         raw_classes, classes = 60, CONTEXT_CLASSES
@@ -318,7 +332,7 @@ def load_dataset(name: str, root: str | Path, split: str = "val") -> Segmentatio
         samples, raw_classes, classes = _cityscapes(root, split), 19, CITYSCAPES_CLASSES
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    has_background = name in BACKGROUND_THRESHOLDS
+    has_background = name in BACKGROUND_THRESHOLDS or name == "synthvoc"
     if has_background or name == "cityscapes":
         lookup = _identity_lookup(raw_classes)
     else:  # voc20, context59, ade20k: raw 0 is background/unlabelled and is ignored
@@ -327,7 +341,7 @@ def load_dataset(name: str, root: str | Path, split: str = "val") -> Segmentatio
         name=name,
         class_names=list(classes),
         has_background=has_background,
-        background_threshold=BACKGROUND_THRESHOLDS.get(name),
+        background_threshold=BACKGROUND_THRESHOLDS.get("voc" if name == "synthvoc" else name),
         root=root,
         split=split,
         samples=samples,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -24,7 +25,19 @@ LIMITS = {"batch_size": MAX_TRAIN_BATCH, "reference_batch": 1 << 20, "accum_step
 @dataclass
 class TrainConfig:
     # what to train
-    model: str = "small"  # model preset name or YAML file (see groupvit/configs)
+    # model preset name or YAML file (see groupvit/configs); empty: "small", or with `init` the weights' own
+    model: str = ""
+    # Fine-tuning (docs/training.md): start from these weights (any name or path `load_model` resolves: gcc_yfcc,
+    # synthvoc, an NVlabs .pth, a transformers folder, a model.safetensors of ours) instead of random ones; the
+    # architecture comes from them. Optimiser and schedule start fresh.
+    init: str = ""
+    # named parts kept as they are (groupvit.training.finetune.PARTS): text, text_head, image, image_stem,
+    # image_stage0, image_stage1, ..., group_tokens, position_embeddings, image_head, heads, temperatures
+    freeze: list[str] = field(default_factory=list)
+    # learning-rate multiplier for the weights loaded from `init`, against the parts started fresh (biases, heads)
+    pretrained_lr_scale: float = 1.0
+    # the class names recorded with the saved model (its vocabulary); empty keeps the one `init` records
+    classes: list[str] = field(default_factory=list)
     data: str = ""  # webdataset shards ("cc3m/{000000..000436}.tar::yfcc/{...}.tar") or a CSV/TSV of image,caption
     multi_label: int = 3  # K noun prompts per caption for the multi-label loss; 0 turns it off
     tagger: str = "spacy"  # part-of-speech tagger for caption nouns: spacy or pattern
@@ -125,6 +138,15 @@ class TrainConfig:
         if not isinstance(words, list | tuple) or not all(isinstance(w, str) for w in words):
             raise ValueError(f"noun_stopwords must be a list of words, e.g. [photo, image], got {words!r}")
         self.noun_stopwords = list(words)
+        for key in ("freeze", "classes"):
+            names = getattr(self, key)
+            if not isinstance(names, list | tuple) or not all(isinstance(w, str) and w for w in names):
+                raise ValueError(f"{key} must be a list of names, e.g. [text, image_stem], got {names!r}")
+            setattr(self, key, list(names))
+        if self.pretrained_lr_scale < 0:
+            raise ValueError(f"pretrained_lr_scale must be >= 0, got {self.pretrained_lr_scale}")
+        if (self.freeze or self.pretrained_lr_scale != 1.0) and not self.init:
+            raise ValueError("freeze and pretrained_lr_scale apply to a fine-tuning run: set init (--init WEIGHTS)")
         counts = ("batch_size", "accum_steps", "steps", "save_every", "log_every", "image_size", "reference_batch")
         low = [f"{key}={getattr(self, key)}" for key in counts if getattr(self, key) < 1]
         if low or self.workers < 0:
@@ -153,10 +175,15 @@ class TrainConfig:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
 
-    def model_config(self) -> GroupViTConfig:
-        cfg = model_config(self.model)
+    def model_config(self, weights: GroupViTConfig | None = None) -> GroupViTConfig:
+        """The model to train: the `model` preset, or with `weights` (the config of `init`'s weights) that one
+        with the training-only parts the losses need switched on (they start fresh: groupvit.training.finetune)."""
+        cfg = copy.deepcopy(weights) if weights is not None else model_config(self.model or "small")
         if self.multi_label and not cfg.multi_label_logit_scale:
             cfg.multi_label_logit_scale = True  # the multi-label loss has its own temperature
+        if weights is not None:
+            cfg.logit_bias = cfg.logit_bias or self.loss == "sigmoid"
+            cfg.patch_head = cfg.patch_head or bool(self.deep_noun_loss)
         if self.loss == "sigmoid" and not cfg.logit_bias:
             raise ValueError("loss: sigmoid needs the model's learnable biases; set logit_bias: true in the model")
         if self.deep_noun_loss and not cfg.patch_head:

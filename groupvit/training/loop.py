@@ -30,6 +30,15 @@ from ..model import GroupViT
 from ..sample_noise import row_seeds
 from .config import TrainConfig
 from .data import CaptionTable, CaptionTexts, MemoryPairs, batch_positions, collate, shard_loader, step_batches
+from .finetune import (
+    differences,
+    freeze,
+    model_from_checkpoint,
+    model_from_init,
+    parameter_groups,
+    pretrained_names,
+    set_learning_rate,
+)
 from .sync_batchnorm import synchronise_batchnorm
 
 CHECKPOINT = "checkpoint.pt"
@@ -47,17 +56,6 @@ def setup_distributed() -> tuple[int, int, torch.device]:
         return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank)
     dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay for 1-D parameters and biases; everything else, logit scales, position embeddings and
-    group tokens included, is decayed as in the reference (spec 4 and checklist item 11)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def learning_rate(step: float, cfg: TrainConfig, scale: float) -> float:
@@ -102,6 +100,9 @@ def save_checkpoint(path: Path, model: GroupViT, optimizer: torch.optim.Optimize
         "train_config": cfg.to_dict(),
         "model_config": model.config.to_dict(),
         "rng": states,
+        # a fine-tuning run's test settings (with its `init`) and the optimiser groups of the loaded weights
+        "test_settings": model.test_settings.to_dict(),
+        "pretrained_parameters": pretrained_names(model, optimizer),
     }
     keep_previous(path)
     atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -148,7 +149,7 @@ def restore_training_state(state: dict, path: Path, model: GroupViT, optimizer: 
     """Load a training checkpoint's weights and optimiser state; one line naming the difference when it was
     written for another model."""
     saved = state.get("model_config")
-    changed = _differences(saved, model.config.to_dict()) if isinstance(saved, dict) else []
+    changed = differences(saved, model.config.to_dict(), "in the checkpoint", "now") if isinstance(saved, dict) else []
     if changed:
         settings = path.parent / "train_config.json"
         raise ValueError(f"{path} holds a model with another config ({'; '.join(changed[:3])}); resume with the "
@@ -159,17 +160,6 @@ def restore_training_state(state: dict, path: Path, model: GroupViT, optimizer: 
     except (RuntimeError, ValueError, KeyError) as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise ValueError(f"{path} does not fit this model and optimiser ({reason}); use another --out") from None
-
-
-def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
-    """'key: A in the checkpoint, B now' for every key of `saved` (nested dicts flattened) that `now` changes."""
-    out = []
-    for key, value in saved.items():
-        if isinstance(value, dict) and isinstance(now.get(key), dict):
-            out += _differences(value, now[key], f"{prefix}{key}.")
-        elif key in now and now[key] != value:
-            out.append(f"{prefix}{key}: {value} in the checkpoint, {now[key]} now")
-    return out
 
 
 def build_loader(cfg: TrainConfig, rank: int, world: int, start_step: int):
@@ -312,6 +302,23 @@ def average_gradients(model: nn.Module) -> None:
         g.copy_(mean.view_as(g))
 
 
+def build_model(cfg: TrainConfig, state: dict | None, verbose: bool = True) -> tuple[GroupViT, set[str] | None]:
+    """The model a run starts with and, for a fine-tuning run, the names of the parameters loaded from `init`
+    (None otherwise): from random weights, from `cfg.init`, or, resuming a fine-tuning run (`state`, its
+    checkpoint), the architecture and test settings its checkpoint records."""
+    if state is not None and (cfg.init or state.get("train_config", {}).get("init")):
+        if cfg.init and verbose:
+            print(f"groupvit train: resuming a fine-tuning run from its checkpoint; init ({cfg.init}) is ignored",
+                  flush=True)  # fmt: skip
+        return model_from_checkpoint(state), set(state.get("pretrained_parameters", []))
+    if cfg.init:
+        return model_from_init(cfg, verbose)
+    model = GroupViT(cfg.model_config())
+    # Run later at the size the hook evaluates it at (groupvit.settings; the protocol's 448 for 224-pixel models).
+    model.test_settings = dataclasses.replace(model.test_settings, short_side=cfg.eval_short_side)
+    return model, None
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     """Train GroupViT as `cfg` says, writing checkpoints, TensorBoard logs and the final weights to `out`."""
     if not cfg.data:
@@ -323,21 +330,20 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
-    model = GroupViT(cfg.model_config()).to(device)
-    # Run later at the size the hook evaluates it at (groupvit.settings; the protocol's 448 for 224-pixel models).
-    model.test_settings = dataclasses.replace(model.test_settings, short_side=cfg.eval_short_side)
+    found = read_training_state(out, device, verbose=rank == 0) if resume else None
+    model, pretrained = build_model(cfg, found[0] if found else None, verbose=rank == 0)
+    model = model.to(device)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     if world > 1:  # before the optimiser is built: the conversion makes new BatchNorm parameters
         model = synchronise_batchnorm(model, device)
         for tensor in model.state_dict().values():  # every rank starts from rank 0's weights
             dist.broadcast(tensor, 0)
+    freeze(model, cfg.freeze)
     # The fused kernel (CUDA; CPU from torch 2.4) does one pass per parameter instead of about six: 3x faster on CPU.
     fused = device.type == "cuda" or tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused
-    )
+    groups = parameter_groups(model, cfg.weight_decay, pretrained, cfg.pretrained_lr_scale)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
     start_step, train_seconds = 0, 0.0
-    found = read_training_state(out, device, verbose=rank == 0) if resume else None
     if found:
         state, path = found
         restore_training_state(state, path, model, optimizer)
@@ -377,8 +383,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         progress = train_seconds / budget if budget else step / cfg.steps  # share of the run done
         lr = learning_rate(cfg.steps * progress, cfg, lr_scale)
         deep_weight = cfg.deep_noun_loss * ((1 - progress) if cfg.deep_noun_decay else 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(optimizer, lr)
         micro_batches = []
         for micro in range(cfg.accum_steps):
             images, texts, keys, skipped = next(batches)
