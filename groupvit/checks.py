@@ -153,6 +153,14 @@ def unit_float(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """argparse type: a share in [0, 1), such as the part of a batch given to something."""
+    value = unit_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is not a share below 1")
+    return value
+
+
 def port(text: str) -> int:
     """argparse type: a TCP port, 1-65535."""
     value = _number(text, int)

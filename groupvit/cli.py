@@ -32,6 +32,7 @@ from .checks import (
     output_file,
     port,
     say_limits,
+    share,
     unit_float,
     weight,
 )
@@ -495,14 +496,6 @@ def _add_naming_options(p: argparse.ArgumentParser) -> None:
                    "classes with at least this score: more classes than final groups")  # fmt: skip
 
 
-def _share(text: str) -> float:
-    """argparse type: a share in [0, 1)."""
-    value = unit_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a share below 1")
-    return value
-
-
 def _thresholds(text: str) -> list[float]:
     """argparse type: comma-separated thresholds in [0, 1], at most `_thresholds.limit` of them."""
     values = [unit_float(t) for t in text.split(",")]
@@ -604,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocabulary", choices=["voc", "novel"], default="voc",
                    help="the classes trained on and scored: voc (default) or novel, 20 classes VOC lacks (banana, "
                    "hammer, guitar...; then VOC val and a 40-class split are scored too)")  # fmt: skip
-    p.add_argument("--replay", type=_share, metavar="SHARE",
+    p.add_argument("--replay", type=share, metavar="SHARE",
                    help="with --vocabulary novel: the share of the training scenes taken from VOC, against "
                    "forgetting (default 0.3)")  # fmt: skip
     p.add_argument("--scenes-only", type=at_most(MAX_SCENES), metavar="N",

@@ -250,6 +250,14 @@ CASES = {
     "eval/unknown-dataset": Case(EVAL.replace("voc ", "pascal "), U, r"invalid choice: 'pascal'"),
     "eval/broken-image": Case(EVAL.replace("{in}/voc/", "{in}/voc_broken/"), D, r"cannot read image .*2007_000032"),
     # convert
+    # export
+    "export/src-missing": Case("export {in}/gone.pth --out {tmp}/onnx", U, r"checkpoint not found"),
+    "export/src-evil-pickle": Case("export {in}/evil.pth --out {tmp}/onnx", U, r"would call .*system.*refusing"),
+    "export/out-is-a-file": Case("export {in}/model.safetensors --out {in}/existing.json", U, r"is a file"),
+    "export/out-unwritable": Case("export {in}/model.safetensors --out {ro}/onnx", U, r"cannot write in"),
+    "export/unknown-format": Case("export {in}/model.safetensors --format tflite --out {tmp}/onnx", U,
+                                  r"invalid choice: 'tflite'"),
+    "export/opset-too-old": Case("export {in}/model.safetensors --opset 9 --out {tmp}/onnx", U, r"opset|9"),
     "convert/dst-exists": Case("convert {in}/model.safetensors {in}/model.safetensors", U,
                                r"DST .*model\.safetensors exists; pass --overwrite"),
     "convert/ours-as-pth": Case("convert {in}/model.safetensors {tmp}/m.pth", U, r"read back from a \.safetensors"),
@@ -835,12 +843,12 @@ def bounded_options(command: str) -> list[argparse.Action]:
 def test_every_size_option_is_bounded_and_says_its_bound(command, capsys):  # the others take no numbers
     """Class 3: every numeric option of every subcommand has an upper bound, says it in --help, and refuses a value
     past it in one line before any work (classify --short-side 200000 once allocated 22 GB)."""
-    from groupvit.checks import port, unit_float
+    from groupvit.checks import port, share, unit_float
 
     options = bounded_options(command)
     assert options
     for action in options:
-        if action.type in (port, unit_float) or action.choices:  # bounded by their own range
+        if action.type in (port, share, unit_float) or action.choices:  # bounded by their own range
             continue
         assert hasattr(action.type, "limit"), action.option_strings
         limit = action.type.limit

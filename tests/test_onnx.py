@@ -183,7 +183,7 @@ def test_onnx_model_refuses_what_the_export_cannot_do(small):
 def docs_snippet() -> str:
     """The Python block of docs/deployment.md that runs an export with onnxruntime alone."""
     text = (ROOT / "docs" / "deployment.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = re.findall(r"```python[^\n]*\n(.*?)```", text, re.S)
     (snippet,) = [b for b in blocks if "onnxruntime" in b]
     return snippet
 
