@@ -412,7 +412,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         train_seconds += elapsed
         step = done = step + 1
         left = f", {int(budget - train_seconds) // 60}:{int(budget - train_seconds) % 60:02d} left" if budget else ""
-        status = f"step {done}, {seen / max(train_seconds, 1e-9):.0f} img/s{left}{logged}"
+        counted = f"step {done}, " if budget else ""  # a step budget's bar counts the steps itself
+        status = f"{counted}{seen / max(train_seconds, 1e-9):.0f} img/s{left}{logged}"
         (bar.set_description_str if budget else bar.set_postfix_str)(status, refresh=False)
         bar.update(min(round(train_seconds), bar.total) - bar.n if budget else 1)
         last = (train_seconds >= budget) if budget else (done == cfg.steps)
