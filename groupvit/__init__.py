@@ -1,8 +1,10 @@
 """GroupViT: semantic segmentation that emerges from text supervision, in plain modern PyTorch."""
 
-from .checkpoint import CheckpointError, load_model, save_model
+from .checkpoint import save_model
 from .classification import ZeroShotClassifier
 from .config import GroupViTConfig, TextConfig, VisionConfig, model_config
+from .errors import CheckpointError
+from .factory import load_model
 from .model import GroupViT, ImageGroups
 from .pretrained import list_pretrained
 from .segmentation import SegmentationResult, ZeroShotSegmenter

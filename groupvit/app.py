@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import load_model
-from .checks import describe
+from .errors import describe
+from .factory import load_model
 from .image import load_image
 from .model import GroupViT
 from .naming import Naming, background_words

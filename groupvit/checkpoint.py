@@ -12,11 +12,11 @@ function per layout covers both directions. Pickles are never unpickled with cod
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import pickletools
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,8 +26,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .checks import DiskFull, check_memory, disk_full, file_size, input_file, output_target
+from .checks import check_memory, file_size, input_file
 from .config import GroupViTConfig, TextConfig, VisionConfig, list_presets, model_config, parse_json, read_json
+from .errors import CheckpointError as CheckpointError
+from .io import atomic_write as atomic_write
 from .model import GroupViT
 from .settings import TestSettings
 
@@ -42,10 +44,6 @@ SETTINGS_KEY = "groupvit_test_settings"
 # Globals a pickle could use to run code. Anything else unknown becomes an inert placeholder.
 _CODE_MODULES = {"os", "posix", "nt", "subprocess", "sys", "shutil", "importlib", "runpy", "socket", "pty", "code"}
 _CODE_BUILTINS = {"eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr", "breakpoint"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, unreadable, unsafe, or not a GroupViT of a known layout."""
 
 
 # --------------------------------------------------------------------------- key layouts
@@ -518,10 +516,10 @@ def read_checkpoint(
     path: str | Path, config: GroupViTConfig | None = None
 ) -> tuple[dict[str, torch.Tensor], GroupViTConfig, str]:
     """Any supported checkpoint -> (state dict in our layout, checked against the config's model; config; layout)."""
-    return _read_checkpoint(path, config)[:3]
+    return read_checkpoint_and_settings(path, config)[:3]
 
 
-def _read_checkpoint(
+def read_checkpoint_and_settings(
     path: str | Path, config: GroupViTConfig | None = None
 ) -> tuple[dict[str, torch.Tensor], GroupViTConfig, str, TestSettings | None]:
     """`read_checkpoint`, and the test settings the file records (in any of the three layouts), or None."""
@@ -586,36 +584,6 @@ def _read_checkpoint(
     return state, cfg, layout, _test_settings(settings, settings_at)
 
 
-def load_model(
-    name_or_path: str | Path,
-    config: GroupViTConfig | None = None,
-    device: str | torch.device = "cpu",
-    source: str | None = None,
-) -> GroupViT:
-    """Load a GroupViT in eval mode from an NVlabs `.pth`, a transformers directory, our `.safetensors`, or released
-    weights by name: `gcc_yfcc`, `gcc_redcaps` (`source` or `NAME@nvlabs` picks the source), `hf-hub:ORG/REPO[@REV]`.
-    Released weights are downloaded, verified and cached on first use (`groupvit.pretrained`).
-
-    `config` overrides the config read from (or inferred for) the file, e.g. for unusual head counts. A folder that
-    `groupvit export --format onnx` wrote gives the same interface on onnxruntime (groupvit.runtime.OnnxGroupViT).
-    """
-    from .pretrained import resolve  # it imports this module
-    from .runtime import is_export, load_export
-
-    path = resolve(name_or_path, source)
-    if is_export(path):  # a folder written by `groupvit export --format onnx`: a model on onnxruntime
-        if config is not None:
-            raise ValueError(f"{path} is an ONNX export, which carries its own config; config= does not apply")
-        return load_export(path, device)
-    state_dict, cfg, _, settings = _read_checkpoint(path, config)  # checked against the architecture
-    with torch.device("meta"):
-        model = GroupViT(cfg)
-    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}  # fp16/bf16 files too
-    model.load_state_dict(state_dict, assign=True)
-    model.test_settings = settings or model.test_settings
-    return model.to(device).eval()
-
-
 def _test_settings(recorded: str | dict | None, path: Path) -> TestSettings | None:
     """Test settings as a file records them (JSON text in our metadata, a dict in the other layouts), or None."""
     if recorded is None:
@@ -625,28 +593,6 @@ def _test_settings(recorded: str | dict | None, path: Path) -> TestSettings | No
         return TestSettings.from_dict(stored)
     except (TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: the test settings in its metadata are not valid ({e})") from None
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder and rename it into place; never over something that is not a
-    regular file (a device, FIFO, socket or folder)."""
-    output_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException as e:
-        full = disk_full(e, path.parent)  # asked before the temporary file frees its space
-        Path(tmp).unlink(missing_ok=True)
-        if full:
-            raise DiskFull(f"the disk is full: no space left to write {path}; nothing was written there (an earlier "
-                           "file of that name is as it was); free some space and run again") from None  # fmt: skip
-        raise
 
 
 def save_model(model: GroupViT, path: str | Path, layout: str = FORMAT_TAG, dtype: torch.dtype | None = None) -> Path:
@@ -687,3 +633,11 @@ def save_model(model: GroupViT, path: str | Path, layout: str = FORMAT_TAG, dtyp
     else:
         raise ValueError(f"unknown checkpoint layout {layout!r}; choose 'groupvit', 'hf' or 'nvlabs'")
     return path
+
+
+def __getattr__(name: str) -> Any:
+    """`groupvit.checkpoint.load_model`, as before: it moved up to `groupvit.factory`, which imports this module, so
+    it is looked up when asked for rather than imported here (an import would run upward)."""
+    if name == "load_model":
+        return importlib.import_module("groupvit.factory").load_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

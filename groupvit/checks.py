@@ -1,10 +1,8 @@
-"""Checks of what a user asks for, run before any model is loaded or data is read, and the exit codes of errors.
+"""Checks of what a user asks for, run before any model is loaded or data is read.
 
 Every subcommand validates its option values with the argparse types below and its output paths with
 `output_file` / `output_dir`, so that a mistake is reported in one line before the long part, never after it.
-
-Exit codes: 0 success; 1 the data was bad (some inputs skipped, or none usable) or the run failed (a non-finite
-loss, out of memory, an unexpected error); 2 a usage error (bad options, paths, configs, checkpoints, outputs).
+The errors these raise, and their exit codes, are in `groupvit.errors` (re-exported here for older imports).
 """
 
 from __future__ import annotations
@@ -14,12 +12,16 @@ import errno
 import os
 import stat
 import tempfile
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-EXIT_DATA = 1
-EXIT_USAGE = 2
+from .errors import EXIT_DATA as EXIT_DATA
+from .errors import EXIT_USAGE as EXIT_USAGE
+from .errors import DataError as DataError
+from .errors import DiskFull as DiskFull
+from .errors import describe as describe
+from .errors import exit_code as exit_code
+
 # Bounds of the size-like options: past them a request is refused before any work (each option's --help says its).
 MAX_SHORT_SIDE = 2048  # the protocol's resize caps the long side at 2048 anyway (groupvit.image.rescale_size)
 MAX_CROP_BATCH = 256  # crops per encoder batch
@@ -28,49 +30,6 @@ MAX_COUNT = 10_000_000  # steps, images, intervals
 MAX_SCENES = 1_000_000  # SynthVOC scenes to generate
 MAX_WORKERS = 256  # processes
 MAX_MINUTES = 7 * 24 * 60  # a week
-
-
-class DataError(ValueError):
-    """Input data (images, captions, label files, shards) that cannot be used: exit code 1, not 2."""
-
-
-class DiskFull(OSError):
-    """The disk filled while a file was written (its temporary file is removed): exit code 1."""
-
-
-def disk_full(error: BaseException, folder: Path) -> bool:
-    """Whether `error`, raised while writing in `folder`, means the disk is full: ENOSPC or EDQUOT, or a library's
-    own write error (torch.save raises RuntimeError "file write failed") while the file system has no space left."""
-    if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(error, RuntimeError) and "write" in str(error):
-        try:
-            info = os.statvfs(folder)
-        except OSError:
-            return False
-        return info.f_bavail * info.f_frsize < 1 << 20
-    return False
-
-
-def exit_code(error: BaseException) -> int:
-    """The exit code for an error that ended a command (see the module docstring)."""
-    if isinstance(error, DataError):
-        return EXIT_DATA
-    # ValueError covers CheckpointError and malformed configs; the OS errors are paths given on the command line.
-    if isinstance(error, ValueError | FileNotFoundError | NotADirectoryError | IsADirectoryError | PermissionError):
-        return EXIT_USAGE
-    return EXIT_DATA
-
-
-def describe(error: BaseException) -> str:
-    """An error as one line: its message, or for anything we did not raise ourselves its type too."""
-    if isinstance(error, MemoryError):
-        text = "out of memory; use smaller inputs (images, batch size, classes) or a machine with more memory"
-    elif isinstance(error, ValueError | OSError | FloatingPointError):
-        text = str(error) or type(error).__name__
-    else:
-        text = f"{type(error).__name__}: {error} (unexpected; rerun with --debug for the traceback and report it)"
-    return " ".join(text.split())
 
 
 # --------------------------------------------------------------------------- option values (argparse types)
@@ -310,70 +269,3 @@ def input_files(paths: Iterable[str | Path], what: str = "image", max_bytes: int
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise FileNotFoundError(f"{what} not found: {', '.join(missing[:3])}{more}")
     return [input_file(p, what, max_bytes) for p in paths]
-
-
-# --------------------------------------------------------------------------- training data
-
-
-def check_training_data(data: str, samples: int = 256) -> None:
-    """Fail before training, naming the data and why, when no image-caption pair of a CSV/TSV (or of the first
-    `samples` samples of local shards) can be read: all images missing or broken, all captions empty or not UTF-8.
-    A stream of broken shards would otherwise never yield a batch."""
-    import itertools
-    import random
-
-    from .training.data import (
-        decode_caption,
-        decode_image,
-        decode_samples,
-        expand_shards,
-        read_image_file,
-        read_pairs_table,
-    )
-
-    problems: Counter[str] = Counter()
-    example: dict[str, str] = {}
-    if data.lower().endswith((".csv", ".tsv")):
-        rows = read_pairs_table(data)
-        for image_path, caption in rows:
-            try:
-                decode_caption(caption)
-            except ValueError as e:
-                problems["caption"] += 1
-                example.setdefault("caption", f"{e} for {image_path.name}")
-                continue
-            try:
-                decode_image(read_image_file(image_path))
-                return
-            except FileNotFoundError:
-                problems["image"] += 1
-                example.setdefault("image", f"{image_path} is missing")
-            except (OSError, ValueError) as e:  # a device or FIFO, too large, unreadable, not an image, truncated
-                problems["image"] += 1
-                text = describe(e)
-                example.setdefault("image", text if str(image_path) in text else f"{image_path} {text}")
-        where = f"{len(rows)} rows"
-    else:
-        import webdataset as wds
-
-        local = [u for u in expand_shards(data) if "://" not in u and not u.startswith("pipe:")]
-        if not local:  # remote streams are not opened twice
-            return
-
-        def unreadable(e: Exception) -> bool:
-            problems["unreadable shard"] += 1
-            example.setdefault("unreadable shard", describe(e))
-            return True
-
-        stream = wds.DataPipeline(wds.SimpleShardList(local), wds.tarfile_to_samples(handler=unreadable))
-        pairs = decode_samples(itertools.islice(stream, samples), lambda image: image, lambda *_: (), random.Random(0),
-                               problems)  # fmt: skip
-        if next(pairs, None) is not None:
-            return
-        where = f"the first {sum(problems.values())} samples of {len(local)} shards"
-    kinds = {"image": "unreadable images", "caption": "empty or non-UTF-8 captions",
-             "incomplete": "samples without image or caption", "unreadable shard": "unreadable shards"}  # fmt: skip
-    found = "; ".join(
-        f"{n} {kinds[k]}" + (f" (e.g. {example[k]})" if k in example else "") for k, n in problems.items() if n
-    )
-    raise DataError(f"{data}: no usable image-caption pair in {where}: {found or 'nothing to read'}")

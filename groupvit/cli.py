@@ -14,7 +14,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checkpoint import atomic_write
 from .checks import (
     MAX_COUNT,
     MAX_CROP_BATCH,
@@ -25,8 +24,6 @@ from .checks import (
     MAX_WORKERS,
     at_most,
     checkpoint_target,
-    describe,
-    exit_code,
     input_files,
     output_dir,
     output_file,
@@ -37,8 +34,10 @@ from .checks import (
     weight,
 )
 from .config import GROUPING_INITS, list_presets
+from .errors import describe, exit_code
 from .export import MAX_OPSET, OPSET, export_onnx
 from .image import MAX_PIXELS
+from .io import atomic_write
 from .segmentation import MAX_CLASSES, MAX_SEGMENT_CLASSES
 
 # What `segment` writes per image, after the image's name.
@@ -50,7 +49,8 @@ IMAGE_ERRORS = (ValueError, RuntimeError, MemoryError)
 def _convert(args: argparse.Namespace) -> None:
     import torch
 
-    from .checkpoint import load_model, save_model
+    from .checkpoint import save_model
+    from .factory import load_model
 
     checkpoint_target(args.dst, args.to, args.overwrite)
     if args.dtype != "float32" and args.to != "groupvit":  # refused before the weights are read
@@ -73,8 +73,8 @@ def _export(args: argparse.Namespace) -> None:
 def _info(args: argparse.Namespace) -> None:
     import torch
 
-    from .checkpoint import load_model
     from .config import model_config
+    from .factory import load_model
     from .model import GroupViT
 
     # One name, one meaning: a name is weights (synthvoc is the shipped model); architectures come by --preset.
@@ -105,7 +105,7 @@ def _info(args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace):
     import torch
 
-    from .checkpoint import load_model
+    from .factory import load_model
     from .pretrained import random_init
 
     if not args.checkpoint and not args.random_init:

@@ -276,8 +276,8 @@ def write_scenes(options: DemoOptions, count: int) -> list[Path]:
     """The first `count` validation scenes of the demo's SynthVOC (its seed and scene options) as JPEG files in
     `options.out`, with captions.txt, without generating the rest or training: pictures to try `groupvit segment
     --checkpoint synthvoc` on. Byte for byte the files of the generated val split, which the scores are on."""
-    from .checkpoint import atomic_write
     from .data.synthvoc import encode_jpeg, make_scene
+    from .io import atomic_write
 
     scene = scene_options(preset_sections(options.config)[2], options.scene)
     out = Path(options.out)
@@ -298,11 +298,12 @@ def run_demo(options: DemoOptions) -> dict:
     With `init`, the model is fine-tuned from those weights (FINETUNE_TRAIN) and scored before and after; with
     vocabulary novel, it is trained and scored on the 20 new classes, then also on VOC val and the 40-class split."""
 
-    from .checkpoint import load_model, save_model
+    from .checkpoint import save_model
     from .data.nouns import BOILERPLATE_WORDS
     from .data.synthvoc import voc_root
     from .evaluation.datasets import load_dataset
     from .evaluation.metrics import prompt_similarity
+    from .factory import load_model
     from .segmentation import class_text_embeddings
     from .training.config import TrainConfig
     from .training.loop import train
@@ -416,8 +417,8 @@ def forgetting(model, voc: Path, combined: Path) -> dict:
 def shipped_model():
     """The model shipped in the package, or None where this copy of the package has none (a source checkout
     without the weights file)."""
-    from .checkpoint import load_model
-    from .pretrained import DownloadError
+    from .errors import DownloadError
+    from .factory import load_model
 
     try:
         return load_model(SHIPPED)

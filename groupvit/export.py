@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write, load_model
+from .factory import load_model
 from .image import IMAGENET_MEAN, IMAGENET_STD
+from .io import atomic_write
 from .model import GroupViT
 from .runtime import EXPORT_FILES, EXPORT_FORMAT, INSTALL
 from .tokenizer import EOT_TOKEN, SOT_TOKEN

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .checkpoint import CheckpointError
 from .config import list_presets
+from .errors import CheckpointError
+from .errors import DownloadError as DownloadError
 from .model import GroupViT
 
 NVIDIA_NC = "NVIDIA Source Code License-NC: non-commercial use (research or evaluation) only"
@@ -47,10 +48,6 @@ TIMEOUT = 60  # seconds without data before a download gives up (it resumes on t
 # Seconds to open a connection to a source before calling it unreachable. Without this check, huggingface_hub
 # retries an unreachable hub five times over about 25 s, logging two lines each time.
 CONNECT_TIMEOUT = 3
-
-
-class DownloadError(CheckpointError):
-    """One source could not provide the weights (unreachable, offline and not cached, or a checksum mismatch)."""
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError
 from .config import GroupViTConfig
+from .errors import CheckpointError
 from .model import ImageGroups
 from .settings import TestSettings
 

@@ -26,8 +26,9 @@ import braceexpand
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..checks import DataError, input_file
+from ..checks import input_file
 from ..data.nouns import CAPTION_KEYS, IMAGE_KEYS
+from ..errors import DataError, describe
 from ..templates import get_templates
 from ..tokenizer import tokenize
 
@@ -379,3 +380,55 @@ def shard_loader(
         pipeline,
     )
     return wds.WebLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+
+
+def check_training_data(data: str, samples: int = 256) -> None:
+    """Fail before training, naming the data and why, when no image-caption pair of a CSV/TSV (or of the first
+    `samples` samples of local shards) can be read: all images missing or broken, all captions empty or not UTF-8.
+    A stream of broken shards would otherwise never yield a batch."""
+    problems: Counter[str] = Counter()
+    example: dict[str, str] = {}
+    if data.lower().endswith((".csv", ".tsv")):
+        rows = read_pairs_table(data)
+        for image_path, caption in rows:
+            try:
+                decode_caption(caption)
+            except ValueError as e:
+                problems["caption"] += 1
+                example.setdefault("caption", f"{e} for {image_path.name}")
+                continue
+            try:
+                decode_image(read_image_file(image_path))
+                return
+            except FileNotFoundError:
+                problems["image"] += 1
+                example.setdefault("image", f"{image_path} is missing")
+            except (OSError, ValueError) as e:  # a device or FIFO, too large, unreadable, not an image, truncated
+                problems["image"] += 1
+                text = describe(e)
+                example.setdefault("image", text if str(image_path) in text else f"{image_path} {text}")
+        where = f"{len(rows)} rows"
+    else:
+        import webdataset as wds
+
+        local = [u for u in expand_shards(data) if "://" not in u and not u.startswith("pipe:")]
+        if not local:  # remote streams are not opened twice
+            return
+
+        def unreadable(e: Exception) -> bool:
+            problems["unreadable shard"] += 1
+            example.setdefault("unreadable shard", describe(e))
+            return True
+
+        stream = wds.DataPipeline(wds.SimpleShardList(local), wds.tarfile_to_samples(handler=unreadable))
+        pairs = decode_samples(itertools.islice(stream, samples), lambda image: image, lambda *_: (), random.Random(0),
+                               problems)  # fmt: skip
+        if next(pairs, None) is not None:
+            return
+        where = f"the first {sum(problems.values())} samples of {len(local)} shards"
+    kinds = {"image": "unreadable images", "caption": "empty or non-UTF-8 captions",
+             "incomplete": "samples without image or caption", "unreadable shard": "unreadable shards"}  # fmt: skip
+    found = "; ".join(
+        f"{n} {kinds[k]}" + (f" (e.g. {example[k]})" if k in example else "") for k, n in problems.items() if n
+    )
+    raise DataError(f"{data}: no usable image-caption pair in {where}: {found or 'nothing to read'}")

@@ -56,7 +56,7 @@ def model_from_init(cfg: TrainConfig, verbose: bool = True) -> tuple[GroupViT, s
     """The model to fine-tune: `cfg.init`'s weights in the architecture they record, plus fresh training-only parts;
     and the names of the parameters that came from the weights. Its test settings are the weights' own, with `init`
     recorded and `cfg.classes` as the vocabulary where given."""
-    from ..checkpoint import load_model
+    from ..factory import load_model
 
     loaded = load_model(cfg.init)
     check_architecture(cfg, loaded.config)

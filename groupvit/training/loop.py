@@ -23,13 +23,22 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoint import atomic_write, save_model
-from ..checks import check_training_data
+from ..checkpoint import save_model
+from ..io import atomic_write
 from ..losses import EncoderFeatures, concat_features, encode_features, losses_from_features
 from ..model import GroupViT
 from ..sample_noise import row_seeds
 from .config import TrainConfig
-from .data import CaptionTable, CaptionTexts, MemoryPairs, batch_positions, collate, shard_loader, step_batches
+from .data import (
+    CaptionTable,
+    CaptionTexts,
+    MemoryPairs,
+    batch_positions,
+    check_training_data,
+    collate,
+    shard_loader,
+    step_batches,
+)
 from .finetune import (
     differences,
     freeze,
