@@ -28,9 +28,9 @@ from groupvit.data.synthvoc import (
     make_scene,
     voc_root,
 )
-from groupvit.demo import largest_object_named
 from groupvit.evaluation.datasets import VOC_CLASSES, load_dataset
 from groupvit.evaluation.run import evaluate_segmentation
+from groupvit.report import largest_object_named
 from groupvit.segmentation import ZeroShotSegmenter
 
 SMALL = SynthVOCSpec(seed=3, train=30, val=12, test=4, calib=4, shard_size=16, scene=SceneOptions(size=64))
@@ -500,7 +500,7 @@ def test_two_demos_prepare_one_data_folder_in_turn(tmp_path, monkeypatch, capsys
 
 
 def test_the_report_draws_short_curves_and_tables_not_json():
-    from groupvit.demo import curve_svg, departures_table, results_table
+    from groupvit.report import curve_svg, departures_table, results_table
 
     one = [{"step": 37, "minutes": 0.3, "miou": 4.7}]
     svg = curve_svg(one)
