@@ -40,11 +40,6 @@ from .image import MAX_PIXELS
 from .io import atomic_write
 from .segmentation import MAX_CLASSES, MAX_SEGMENT_CLASSES
 
-# What `segment` writes per image, after the image's name.
-SEGMENT_OUTPUTS = ("_overlay.png", "_labels.png", "_groups.png", ".json")
-# Errors of one image that should not stop a batch: unreadable, degenerate or too large for memory.
-IMAGE_ERRORS = (ValueError, RuntimeError, MemoryError)
-
 
 def _convert(args: argparse.Namespace) -> None:
     import torch
@@ -134,140 +129,29 @@ def _dtype(args: argparse.Namespace):
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .image import load_image
-    from .segmentation import BACKGROUND_THRESHOLDS, ZeroShotSegmenter, check_class_names
-    from .viz import group_maps_image, label_image, overlay
+    from .predict import segment_files, segment_targets
+    from .segmentation import check_class_names
 
     class_names = None if args.classes is None else check_class_names(args.classes)
     naming = _naming(args)
-    images = input_files(args.images)
-    stems = _output_stems(images)
-    out = output_dir(args.out, names=[s + o for s in stems for o in SEGMENT_OUTPUTS], overwrite=args.overwrite)
+    images, out = segment_targets(args.images, args.out, args.overwrite)
     model = _load(args)
-    # The model's test settings (groupvit.settings), under what the command line gives.
-    threshold = args.background_threshold
-    if threshold is None and args.dataset:
-        threshold = BACKGROUND_THRESHOLDS[args.dataset]
-    settings = model.test_settings.merged(short_side=args.short_side, mode=args.mode, background_threshold=threshold,
-                                          naming=None if naming.official else naming)  # fmt: skip
-    class_names = class_names or _recorded_classes(model)
-    threshold = settings.background_threshold
-    threshold = None if args.no_background else BACKGROUND_THRESHOLDS["voc"] if threshold is None else threshold
-    used = settings.describe(background="none" if threshold is None else f"{threshold:g}")
-    options = {"short_side": "--short-side", "mode": "--mode", "classes": "--classes"}
-    given = {name: flag for name, flag in options.items() if getattr(args, name) is not None}
-    if args.background_threshold is not None:
-        given["background_threshold"] = "--background-threshold"
-    elif args.no_background or args.dataset:
-        given["background_threshold"] = "--no-background" if args.no_background else f"--dataset {args.dataset}"
-    if not naming.official:
-        given["naming"] = "the naming options"
-    print(f"groupvit segment: {used} ({model.test_settings.origins(model.config, given)}; --short-side, --mode, "
-          f"--background-threshold change it); runtime {model.runtime}", file=sys.stderr)  # fmt: skip
-    segmenter = ZeroShotSegmenter(
-        model,
-        class_names,
-        background_threshold=threshold,
-        mode=settings.mode,
-        templates=args.templates,
-        short_side=settings.short_side,
-        refine=args.refine,
-        batch_size=args.batch_size,
-        autocast_dtype=_dtype(args),
-        naming=settings.naming,
-    )
-    failures, noted = 0, []
-    for path, stem in tqdm(list(zip(images, stems, strict=True)), desc="segment", unit="image",
-                           disable=len(images) < 2):  # fmt: skip
-        try:
-            rgb = load_image(path)
-            _note_unlike(model, rgb.shape, "segment", noted)
-            result = segmenter(rgb)
-            pictures = {
-                f"{stem}_overlay.png": overlay(rgb, result.labels, class_names),
-                f"{stem}_labels.png": label_image(result.labels),
-                f"{stem}_groups.png": group_maps_image(rgb, result.group_maps),
-            }
-        except IMAGE_ERRORS as e:
-            tqdm.write(f"groupvit segment: skipped {path}: {describe(e)}", file=sys.stderr)
-            failures += 1
-            continue
-        summary = {
-            "image": str(path),
-            "size": list(rgb.shape[:2]),
-            "classes": class_names,
-            "present": [n for n in result.fractions() if n != "background"],
-            "fractions": result.fractions(),
-            "mode": settings.mode,
-            "short_side": settings.short_side,
-            "background_threshold": threshold,
-            "refine": args.refine,
-            "checkpoint": args.checkpoint or f"random-init {args.random_init}",
-            **({} if settings.naming.official else {"protocol": "variant", "naming": settings.naming.to_dict()}),
-        }
-        for name, picture in pictures.items():
-            atomic_write(out / name, lambda tmp, pic=picture: pic.save(tmp, format="PNG"))
-        atomic_write(out / f"{stem}.json", lambda tmp, s=summary: Path(tmp).write_text(json.dumps(s, indent=2)))
-        present = ", ".join(f"{n} {f:.0%}" for n, f in summary["fractions"].items())
-        tqdm.write(f"{path}: {present}")
-    skipped = f"; {failures} skipped (see above)" if failures else ""
-    print(f"wrote results for {len(images) - failures} of {len(images)} images to {out}{skipped}")
+    failures = segment_files(model, images, out, class_names, short_side=args.short_side, mode=args.mode,
+                             background_threshold=args.background_threshold, dataset=args.dataset,
+                             background=not args.no_background, naming=naming, templates=args.templates,
+                             refine=args.refine, batch_size=args.batch_size, autocast_dtype=_dtype(args),
+                             checkpoint=args.checkpoint or f"random-init {args.random_init}")  # fmt: skip
     return 1 if failures else 0
 
 
-def _output_stems(images: Sequence[Path]) -> list[str]:
-    """Each image's output name: its stem, with '_' appended until it differs from the earlier ones."""
-    stems: list[str] = []
-    for path in images:
-        stem = path.stem
-        while stem in stems:
-            stem += "_"
-        stems.append(stem)
-    return stems
-
-
-def _recorded_classes(model) -> list[str]:
-    """The vocabulary a model records, for a command given no --classes."""
-    if not model.test_settings.classes:
-        raise ValueError("--classes is required: this model records no vocabulary of its own")
-    return list(model.test_settings.classes)
-
-
-def _note_unlike(model, shape: tuple[int, ...], command: str, noted: list) -> None:
-    """Once per run: what the model knows, when an image is not of the kind it was trained on."""
-    from tqdm import tqdm
-
-    if not noted and (note := model.test_settings.unlike(shape)):
-        noted.append(note)
-        tqdm.write(f"groupvit {command}: note: {note}, so expect little", file=sys.stderr)  # above a progress bar
-
-
 def _classify(args: argparse.Namespace) -> int:
-    from .classification import ZeroShotClassifier
-    from .image import load_image
+    from .predict import classify_files
     from .segmentation import MAX_CLASSES, check_class_names
 
     given = None if args.classes is None else check_class_names(args.classes, unique=False, limit=MAX_CLASSES)
     images = input_files(args.images)
-    model = _load(args)
-    class_names = given or _recorded_classes(model)
-    if given is None:
-        print(f"groupvit classify: the {len(class_names)} classes recorded with the model (--classes changes them)",
-              file=sys.stderr)  # fmt: skip
-    classifier = ZeroShotClassifier(model, class_names, templates=args.templates, short_side=args.short_side)
-    failures, noted = 0, []
-    for path in images:
-        try:
-            rgb = load_image(path)
-            _note_unlike(model, rgb.shape, "classify", noted)
-            ranking = classifier(rgb, top=args.top)
-        except IMAGE_ERRORS as e:
-            print(f"groupvit classify: skipped {path}: {describe(e)}", file=sys.stderr)
-            failures += 1
-            continue
-        print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranking))
+    failures = classify_files(_load(args), images, given, templates=args.templates, short_side=args.short_side,
+                              top=args.top)  # fmt: skip
     return 1 if failures else 0
 
 

@@ -30,7 +30,7 @@ from .model import GroupViT, ImageGroups
 from .naming import Naming, area_filter, name_pixels, threshold_vector
 from .naming import background_channel as background_channel  # re-exported: the protocol's steps
 from .naming import group_class_affinity as group_class_affinity
-from .settings import FROM_MODEL
+from .settings import BACKGROUND_THRESHOLDS, FROM_MODEL
 from .templates import get_templates
 from .tokenizer import CONTEXT_LENGTH, tokenize
 from .tokenizer import encode as token_ids
@@ -40,8 +40,6 @@ MAX_SEGMENT_CLASSES = 255  # a label PNG's palette holds 0 (background) to 255
 # Per-pixel results at the image's own size (scores [C + 1, H, W], labels, group maps) may take at most this much
 # memory; a larger image is refused before any encoder pass (downscale it, or name fewer classes).
 MAX_RESULT_BYTES = 4 << 30
-# Background thresholds of the released evaluation configs (spec 5.3).
-BACKGROUND_THRESHOLDS = {"voc": 0.95, "context": 0.35, "coco_object": 0.95}
 
 
 def check_class_names(class_names: Sequence[str], unique: bool = True, limit: int = MAX_SEGMENT_CLASSES) -> list[str]:

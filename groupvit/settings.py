@@ -30,6 +30,8 @@ LABELS = {"short_side": "short side", "mode": "mode", "background_threshold": "b
 KINDS = {"synthvoc": ("SynthVOC's emoji-like scenes of the 20 VOC classes, not photographs",
                       lambda shape: shape[0] == shape[1])}  # fmt: skip
 FROM_MODEL = object()  # an argument default: "what the model's test settings say"
+# Background thresholds of the released evaluation configs (spec 5.3); VOC's is the one for a model recording none.
+BACKGROUND_THRESHOLDS = {"voc": 0.95, "context": 0.35, "coco_object": 0.95}
 
 
 @dataclass(frozen=True)
@@ -132,3 +134,52 @@ class TestSettings:
         window = f"{self.crop_size}-pixel crops at stride {self.stride}" if self.mode == "slide" else "one pass"
         naming = "" if self.naming.official else ", a naming variant"
         return f"short side {self.short_side}, {self.mode} mode ({window}), background threshold {threshold}{naming}"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A run's test settings: the model's under the caller's, the background threshold the run uses (None: no
+    background), and where each value came from (one line, as `TestSettings.origins` words it)."""
+
+    settings: TestSettings
+    background_threshold: float | None
+    origins: str
+
+
+def resolve_settings(
+    recorded: TestSettings,
+    config: GroupViTConfig,
+    *,
+    short_side: int | None = None,
+    mode: str | None = None,
+    background_threshold: float | None = None,
+    dataset: str | None = None,
+    background: bool = True,
+    naming: Naming | None = None,
+    classes: Any = None,
+    sources: dict[str, str] | None = None,
+) -> Resolved:
+    """The one place a model's recorded test settings meet what a caller gives (None: not given). The background
+    threshold is the caller's, else the `dataset`'s (BACKGROUND_THRESHOLDS), else the model's, else VOC's; with
+    `background=False` there is none. `sources` names where each given value came from for the origins line (a
+    setting's name, or "dataset" / "no_background", to an option: {"short_side": "--short-side"}); unnamed ones
+    come "from the caller"."""
+    sources = sources or {}
+    threshold = background_threshold
+    if threshold is None and dataset:
+        threshold = BACKGROUND_THRESHOLDS[dataset]
+    official = naming is None or naming.official
+    settings = recorded.merged(short_side=short_side, mode=mode, background_threshold=threshold,
+                               naming=None if official else naming)  # fmt: skip
+    threshold = settings.background_threshold
+    threshold = None if not background else BACKGROUND_THRESHOLDS["voc"] if threshold is None else threshold
+    values = {"short_side": short_side, "mode": mode, "classes": classes}
+    given = {name: sources.get(name, "the caller") for name, value in values.items() if value is not None}
+    if background_threshold is not None:
+        given["background_threshold"] = sources.get("background_threshold", "the caller")
+    elif not background or dataset:
+        given["background_threshold"] = sources.get("no_background", "the caller") if not background else (
+            sources.get("dataset", f"dataset {dataset}"))  # fmt: skip
+    if not official:
+        given["naming"] = sources.get("naming", "the caller")
+    return Resolved(settings, threshold, recorded.origins(config, given))

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..checks import DataError, input_file
-from ..segmentation import BACKGROUND_THRESHOLDS
+from ..settings import BACKGROUND_THRESHOLDS
 
 IGNORE_INDEX = 255
 
