@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -66,58 +65,16 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    import torch
+    from .factory import describe_model
 
-    from .config import model_config
-    from .factory import load_model
-    from .model import GroupViT
-
-    # One name, one meaning: a name is weights (synthvoc is the shipped model); architectures come by --preset.
-    weights = args.checkpoint or args.model
-    if args.preset or weights.endswith((".yaml", ".yml")):
-        model = GroupViT(model_config(args.preset or weights)).eval()
-    else:
-        model = load_model(weights, source=args.source)
-    cfg = model.config
-    size = cfg.vision.image_size
-    with torch.no_grad():
-        groups = model.encode_image_groups(torch.zeros(1, 3, size, size))
-    print(cfg.to_json())
-    count = getattr(model, "parameter_count", None) or sum(p.numel() for p in model.parameters())
-    print(f"parameters: {count:,}; runtime: {model.runtime}")
-    stages = " -> ".join(f"{m.shape[-1]} tokens into {m.shape[1]} groups" for m in groups.assignments)
-    print(f"grouping at {size}x{size}: {stages}; embedding dim {groups.image_embeds.shape[-1]}")
-    settings = model.test_settings
-    origin = "recorded with the model" if settings.recorded(cfg) else "the protocol's for its size"
-    print(f"test settings ({origin}): {settings.describe()}" + (f"; classes: {', '.join(settings.classes)}"
-                                                                if settings.classes else ""))  # fmt: skip
-    if settings.about:
-        print(f"about: {settings.about}")
-    if settings.init:
-        print(f"fine-tuned from: {settings.init}")
+    print(describe_model(args.checkpoint or args.model, preset=args.preset, source=args.source))
 
 
 def _load(args: argparse.Namespace):
-    import torch
+    from .factory import model_for_run
 
-    from .factory import load_model
-    from .pretrained import random_init
-
-    if not args.checkpoint and not args.random_init:
-        raise ValueError(
-            "no --checkpoint given: pass weights by name (gcc_yfcc, gcc_redcaps for photographs; synthvoc, shipped, "
-            "for SynthVOC scenes; see `groupvit list`), an NVlabs .pth, a transformers folder or a .safetensors file; "
-            "--random-init PRESET for untrained weights"
-        )
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    if args.random_init:
-        print(f"groupvit {args.command}: warning: untrained random weights ({args.random_init} architecture)",
-              file=sys.stderr)  # fmt: skip
-        model = random_init(args.random_init, device=args.device)
-    else:
-        model = load_model(args.checkpoint, device=args.device, source=args.source)
-    return model.compile_encoders() if args.compile else model
+    return model_for_run(args.checkpoint, args.random_init, device=args.device, source=args.source,
+                         compile=args.compile, command=args.command)  # fmt: skip
 
 
 def _dtype(args: argparse.Namespace):
@@ -188,13 +145,7 @@ def _prepare_nouns(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation.datasets import load_dataset
-    from .evaluation.run import (
-        CALIBRATION_GRID,
-        DATASET_DEFAULT,
-        CalibrationImages,
-        evaluate_segmentation,
-        format_table,
-    )
+    from .evaluation.run import evaluate_calibrated, format_table
     from .training.loop import setup_distributed
 
     if args.out:
@@ -212,32 +163,17 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     dataset = load_dataset(args.dataset, args.root, split=args.split)
     model = _load(args)
-    threshold = DATASET_DEFAULT if args.background_threshold is None else args.background_threshold
-    options = dict(templates=args.templates or "simple", batch_size=args.batch_size, autocast_dtype=_dtype(args),
-                   short_side=args.short_side)  # fmt: skip
+    dtype = _dtype(args)
     naming = _naming(args)
-    if args.per_class_thresholds and not args.calibrate_background:
-        raise ValueError("--per-class-thresholds calibrates on held-out images: also pass --calibrate-background N")
-    calibration = None
-    if args.calibrate_background:
-        held_out = load_dataset(args.dataset, args.root, split=args.calibration_split)
-        images = CalibrationImages(model, held_out, args.calibrate_background, args.mode,
-                                   members=naming.hierarchical is not None, **options)  # fmt: skip
-        grid = args.calibration_grid or CALIBRATION_GRID
-        threshold, curve = images.threshold(naming, grid)
-        calibration = {"split": args.calibration_split, "images": args.calibrate_background, "chosen": threshold,
-                       "miou_by_threshold": curve}  # fmt: skip
-        if args.per_class_thresholds:
-            class_thresholds, miou = images.class_thresholds(threshold, naming, grid)
-            naming = dataclasses.replace(naming, class_thresholds=class_thresholds)
-            calibration.update(class_thresholds=class_thresholds, miou_with_class_thresholds=miou,
-                               method="coordinate ascent over the grid from the chosen threshold")  # fmt: skip
-    result = evaluate_segmentation(model, dataset, args.mode, threshold, refine=args.refine, limit=args.limit,
-                                   oracle=args.oracle, naming=naming, recognition=args.recognition,
-                                   **options)  # fmt: skip
-    if calibration:
-        result["calibration"] = calibration
-    result["runtime"] = model.runtime  # pytorch, or onnxruntime for an ONNX export
+    held_out = (
+        load_dataset(args.dataset, args.root, split=args.calibration_split) if args.calibrate_background else None
+    )
+    result = evaluate_calibrated(model, dataset, args.mode, args.background_threshold, naming, held_out=held_out,
+                                 calibration_images=args.calibrate_background, calibration_split=args.calibration_split,
+                                 grid=args.calibration_grid, per_class_thresholds=args.per_class_thresholds,
+                                 refine=args.refine, limit=args.limit, oracle=args.oracle, recognition=args.recognition,
+                                 templates=args.templates or "simple", batch_size=args.batch_size,
+                                 autocast_dtype=dtype, short_side=args.short_side)  # fmt: skip
     if rank == 0:
         print(format_table(result))
         _write_json(args.out, result)

@@ -6,14 +6,15 @@ which imports this module.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 
 from .checkpoint import read_checkpoint_and_settings
-from .config import GroupViTConfig
+from .config import GroupViTConfig, model_config
 from .model import GroupViT
-from .pretrained import resolve
+from .pretrained import random_init, resolve
 from .runtime import is_export, load_export
 
 
@@ -42,3 +43,59 @@ def load_model(
     model.load_state_dict(state_dict, assign=True)
     model.test_settings = settings or model.test_settings
     return model.to(device).eval()
+
+
+def describe_model(weights: str, preset: str | None = None, source: str | None = None) -> str:
+    """What `groupvit info` prints: the config, parameter count and runtime, the grouping at the training size,
+    the test settings and where they come from, and what the model is. `weights` is anything `load_model` reads, or
+    a config YAML; `preset` describes that architecture with random weights instead."""
+    # One name, one meaning: a name is weights (synthvoc is the shipped model); architectures come by preset.
+    if preset or weights.endswith((".yaml", ".yml")):
+        model = GroupViT(model_config(preset or weights)).eval()
+    else:
+        model = load_model(weights, source=source)
+    cfg = model.config
+    size = cfg.vision.image_size
+    with torch.no_grad():
+        groups = model.encode_image_groups(torch.zeros(1, 3, size, size))
+    count = getattr(model, "parameter_count", None) or sum(p.numel() for p in model.parameters())
+    stages = " -> ".join(f"{m.shape[-1]} tokens into {m.shape[1]} groups" for m in groups.assignments)
+    settings = model.test_settings
+    origin = "recorded with the model" if settings.recorded(cfg) else "the protocol's for its size"
+    classes = f"; classes: {', '.join(settings.classes)}" if settings.classes else ""
+    lines = [
+        cfg.to_json(),
+        f"parameters: {count:,}; runtime: {model.runtime}",
+        f"grouping at {size}x{size}: {stages}; embedding dim {groups.image_embeds.shape[-1]}",
+        f"test settings ({origin}): {settings.describe()}{classes}",
+        *([f"about: {settings.about}"] if settings.about else []),
+        *([f"fine-tuned from: {settings.init}"] if settings.init else []),
+    ]
+    return "\n".join(lines)
+
+
+def model_for_run(
+    checkpoint: str | None,
+    random_init_preset: str | None = None,
+    device: str = "cpu",
+    source: str | None = None,
+    compile: bool = False,
+    command: str = "",
+) -> GroupViT:
+    """The model a command runs (`segment`, `classify`, `eval`): `checkpoint` as `load_model` reads it, or untrained
+    random weights of a preset (with a warning on stderr), on `device`; with `compile`, its encoders compiled."""
+    if not checkpoint and not random_init_preset:
+        raise ValueError(
+            "no --checkpoint given: pass weights by name (gcc_yfcc, gcc_redcaps for photographs; synthvoc, shipped, "
+            "for SynthVOC scenes; see `groupvit list`), an NVlabs .pth, a transformers folder or a .safetensors file; "
+            "--random-init PRESET for untrained weights"
+        )
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if random_init_preset:
+        print(f"groupvit {command}: warning: untrained random weights ({random_init_preset} architecture)",
+              file=sys.stderr)  # fmt: skip
+        model = random_init(random_init_preset, device=device)
+    else:
+        model = load_model(checkpoint, device=device, source=source)
+    return model.compile_encoders() if compile else model

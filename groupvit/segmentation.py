@@ -30,7 +30,8 @@ from .model import GroupViT, ImageGroups
 from .naming import Naming, area_filter, name_pixels, threshold_vector
 from .naming import background_channel as background_channel  # re-exported: the protocol's steps
 from .naming import group_class_affinity as group_class_affinity
-from .settings import BACKGROUND_THRESHOLDS, FROM_MODEL
+from .settings import BACKGROUND_THRESHOLDS as BACKGROUND_THRESHOLDS  # re-exported: its old home
+from .settings import FROM_MODEL, resolve_settings
 from .templates import get_templates
 from .tokenizer import CONTEXT_LENGTH, tokenize
 from .tokenizer import encode as token_ids
@@ -321,9 +322,8 @@ class ZeroShotSegmenter:
         naming: Naming | None = None,
     ) -> None:
         settings = model.test_settings
-        if background_threshold is FROM_MODEL:
-            recorded = settings.background_threshold
-            background_threshold = BACKGROUND_THRESHOLDS["voc"] if recorded is None else recorded
+        if background_threshold is FROM_MODEL:  # the model's, else VOC's
+            background_threshold = resolve_settings(settings, model.config).background_threshold
         mode = mode or settings.mode
         short_side, crop_size = short_side or settings.short_side, crop_size or settings.crop_size
         stride = stride or settings.stride

@@ -242,6 +242,54 @@ def calibrate_background(
     return CalibrationImages(model, dataset, images, mode, members, **options).threshold(naming, thresholds)
 
 
+def evaluate_calibrated(
+    model: GroupViT,
+    dataset,
+    mode: str | None = None,
+    background_threshold: float | None = None,
+    naming: Naming | None = None,
+    *,
+    held_out=None,
+    calibration_images: int = 0,
+    calibration_split: str = "",
+    grid: Sequence[float] | None = None,
+    per_class_thresholds: bool = False,
+    refine: str | None = None,
+    limit: int | None = None,
+    oracle: bool = False,
+    recognition: bool = False,
+    **options,
+) -> dict:
+    """`evaluate_segmentation` of `dataset` (`groupvit eval`), with its background threshold (and with
+    `per_class_thresholds` one per class) first chosen on the first `calibration_images` images of `held_out`, a
+    split apart from the reported one; the choice and its curve are in the result's "calibration". Without
+    calibration the threshold is the caller's, else the dataset's. `options`: templates, batch_size,
+    autocast_dtype, short_side."""
+    threshold = DATASET_DEFAULT if background_threshold is None else background_threshold
+    naming = naming or Naming()
+    if per_class_thresholds and not calibration_images:
+        raise ValueError("--per-class-thresholds calibrates on held-out images: also pass --calibrate-background N")
+    calibration = None
+    if calibration_images:
+        images = CalibrationImages(model, held_out, calibration_images, mode,
+                                   members=naming.hierarchical is not None, **options)  # fmt: skip
+        grid = grid or CALIBRATION_GRID
+        threshold, curve = images.threshold(naming, grid)
+        calibration = {"split": calibration_split, "images": calibration_images, "chosen": threshold,
+                       "miou_by_threshold": curve}  # fmt: skip
+        if per_class_thresholds:
+            class_thresholds, miou = images.class_thresholds(threshold, naming, grid)
+            naming = replace(naming, class_thresholds=class_thresholds)
+            calibration.update(class_thresholds=class_thresholds, miou_with_class_thresholds=miou,
+                               method="coordinate ascent over the grid from the chosen threshold")  # fmt: skip
+    result = evaluate_segmentation(model, dataset, mode, threshold, refine=refine, limit=limit, oracle=oracle,
+                                   naming=naming, recognition=recognition, **options)  # fmt: skip
+    if calibration:
+        result["calibration"] = calibration
+    result["runtime"] = model.runtime  # pytorch, or onnxruntime for an ONNX export
+    return result
+
+
 def format_table(result: dict) -> str:
     """A console table of per-class IoU and the summary numbers."""
     rows = [f"{'class':<24}{'IoU':>8}"]
