@@ -43,7 +43,7 @@ from .naming import Naming, background_words
 from .pretrained import PRETRAINED
 from .pretrained import random_init as random_init_model
 from .segmentation import ZeroShotSegmenter, check_class_names
-from .settings import resolve_settings
+from .settings import Requested, resolve_settings
 from .viz import display_scale, enlarge_photo, group_maps_image, overlay, voc_palette
 
 # Decoders the server will run on uploads, checked from the file's content, not its name (Pillow's EPS decoder,
@@ -87,7 +87,7 @@ def load_app_model(
     folder, weights by name); with `random_init`, untrained random weights of that preset; with neither, the
     `synthvoc` model shipped in the package. short_side: resize images to it instead of the model's test setting."""
     model, description, warning = _load_app_model(checkpoint, device, random_init, source)
-    model.test_settings = resolve_settings(model.test_settings, model.config, short_side=short_side).settings
+    model.test_settings = resolve_settings(model.test_settings, model.config, Requested(short_side=short_side)).settings
     return model, description, warning
 
 

@@ -88,14 +88,15 @@ def _dtype(args: argparse.Namespace):
 def _segment(args: argparse.Namespace) -> int:
     from .predict import segment_files, segment_targets
     from .segmentation import check_class_names
+    from .settings import Requested
 
     class_names = None if args.classes is None else check_class_names(args.classes)
     naming = _naming(args)
     images, out = segment_targets(args.images, args.out, args.overwrite)
     model = _load(args)
-    failures = segment_files(model, images, out, class_names, short_side=args.short_side, mode=args.mode,
-                             background_threshold=args.background_threshold, dataset=args.dataset,
-                             background=not args.no_background, naming=naming, templates=args.templates,
+    requested = Requested(short_side=args.short_side, mode=args.mode, background_threshold=args.background_threshold,
+                          dataset=args.dataset, background=not args.no_background, naming=naming)  # fmt: skip
+    failures = segment_files(model, images, out, class_names, requested, templates=args.templates,
                              refine=args.refine, batch_size=args.batch_size, autocast_dtype=_dtype(args),
                              checkpoint=args.checkpoint or f"random-init {args.random_init}")  # fmt: skip
     return 1 if failures else 0

@@ -19,8 +19,7 @@ from .errors import describe
 from .image import load_image
 from .io import atomic_write
 from .model import GroupViT
-from .naming import Naming
-from .settings import resolve_settings
+from .settings import Requested, resolve_settings
 
 # What `segment` writes per image, after the image's name.
 SEGMENT_OUTPUTS = ("_overlay.png", "_labels.png", "_groups.png", ".json")
@@ -71,13 +70,8 @@ def segment_files(
     images: Sequence[Path],
     out: Path,
     class_names: Sequence[str] | None = None,
+    requested: Requested | None = None,
     *,
-    short_side: int | None = None,
-    mode: str | None = None,
-    background_threshold: float | None = None,
-    dataset: str | None = None,
-    background: bool = True,
-    naming: Naming | None = None,
     templates: str = "simple",
     refine: str | None = None,
     batch_size: int = 8,
@@ -85,18 +79,17 @@ def segment_files(
     checkpoint: str = "",
 ) -> int:
     """Segment each image into `out` (see the module docstring; `segment_targets` checks both first). Test settings
-    not given are the model's (groupvit.settings.resolve_settings); class_names default to the model's vocabulary.
+    not `requested` are the model's (groupvit.settings.resolve_settings); class_names default to the model's
+    vocabulary.
     Returns the number of images skipped."""
     from tqdm import tqdm
 
     from .segmentation import ZeroShotSegmenter
     from .viz import group_maps_image, label_image, overlay
 
-    naming = naming or Naming()
-    sources = SEGMENT_SOURCES | ({"dataset": f"--dataset {dataset}"} if dataset else {})
-    run = resolve_settings(model.test_settings, model.config, short_side=short_side, mode=mode,
-                           background_threshold=background_threshold, dataset=dataset, background=background,
-                           naming=naming, classes=class_names, sources=sources)  # fmt: skip
+    requested = requested or Requested()
+    sources = SEGMENT_SOURCES | ({"dataset": f"--dataset {requested.dataset}"} if requested.dataset else {})
+    run = resolve_settings(model.test_settings, model.config, requested, classes=class_names, sources=sources)
     settings, threshold = run.settings, run.background_threshold
     class_names = list(class_names or recorded_classes(model))
     used = settings.describe(background="none" if threshold is None else f"{threshold:g}")

@@ -137,6 +137,22 @@ class TestSettings:
 
 
 @dataclass(frozen=True)
+class Requested:
+    """The test settings a caller asks for; None (and background=True) leaves each to the model.
+
+    dataset: use its background threshold (BACKGROUND_THRESHOLDS) unless background_threshold is given.
+    background: False for no background class at all.
+    """
+
+    short_side: int | None = None
+    mode: str | None = None
+    background_threshold: float | None = None
+    dataset: str | None = None
+    background: bool = True
+    naming: Naming | None = None
+
+
+@dataclass(frozen=True)
 class Resolved:
     """A run's test settings: the model's under the caller's, the background threshold the run uses (None: no
     background), and where each value came from (one line, as `TestSettings.origins` words it)."""
@@ -149,22 +165,18 @@ class Resolved:
 def resolve_settings(
     recorded: TestSettings,
     config: GroupViTConfig,
-    *,
-    short_side: int | None = None,
-    mode: str | None = None,
-    background_threshold: float | None = None,
-    dataset: str | None = None,
-    background: bool = True,
-    naming: Naming | None = None,
+    requested: Requested | None = None,
     classes: Any = None,
     sources: dict[str, str] | None = None,
 ) -> Resolved:
-    """The one place a model's recorded test settings meet what a caller gives (None: not given). The background
-    threshold is the caller's, else the `dataset`'s (BACKGROUND_THRESHOLDS), else the model's, else VOC's; with
-    `background=False` there is none. `sources` names where each given value came from for the origins line (a
-    setting's name, or "dataset" / "no_background", to an option: {"short_side": "--short-side"}); unnamed ones
-    come "from the caller"."""
-    sources = sources or {}
+    """The one place a model's recorded test settings meet what a caller asks for (`requested`; `classes` only
+    counts for the origins line). The background threshold is the caller's, else the dataset's
+    (BACKGROUND_THRESHOLDS), else the model's, else VOC's; with `background=False` there is none. `sources` names
+    where each given value came from for the origins line (a setting's name, or "dataset" / "no_background", to an
+    option: {"short_side": "--short-side"}); unnamed ones come "from the caller"."""
+    sources, requested = sources or {}, requested or Requested()
+    short_side, mode, background_threshold = requested.short_side, requested.mode, requested.background_threshold
+    dataset, background, naming = requested.dataset, requested.background, requested.naming
     threshold = background_threshold
     if threshold is None and dataset:
         threshold = BACKGROUND_THRESHOLDS[dataset]
