@@ -8,7 +8,8 @@ step and the sample's position in the global batch, `row_seeds`). Inside it, eve
 split into micro-batches and processes, and the second pass of gradient-cached accumulation (and gradient
 checkpointing's recomputation, `checkpoint_contexts`) draws exactly what the first did. Outside the context (test
 time, other callers) the modules draw from torch's generator as before. The hash (three rounds of a 32-bit
-multiply-xorshift) gives 24-bit uniforms; the reference draws its Gumbel noise with torch.distributions.Gumbel.
+multiply-xorshift) gives 23-bit uniforms strictly inside (0, 1); the reference draws its Gumbel noise with
+torch.distributions.Gumbel.
 """
 
 from __future__ import annotations
@@ -80,4 +81,11 @@ def uniform(key: int | None, rows: int, per_row: tuple[int, ...], device: torch.
     base = derive(_seeds.to(device), key)  # [B]
     index = hash32(torch.arange(count, device=device, dtype=torch.long))  # [E]
     bits = hash32(hash32(base[:, None] ^ index[None, :]))  # [B, E]
-    return ((bits >> 8).float() + 0.5).mul_(2.0**-24).view(rows, *per_row)
+    return unit_interval(bits).view(rows, *per_row)
+
+
+def unit_interval(bits: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes (int64 in [0, 2^32)) -> float32 uniforms strictly inside (0, 1), from their top 23 bits: k + 0.5
+    and the largest value, 1 - 2^-24, are exact in float32 (from 24 bits the largest rounds to 1.0, a Gumbel draw of
+    +inf and a NaN loss once in some ten million draws)."""
+    return ((bits >> 9).float() + 0.5).mul_(2.0**-23)

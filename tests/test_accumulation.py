@@ -17,7 +17,14 @@ from groupvit.config import GroupViTConfig
 from groupvit.layers import Block, DropPath
 from groupvit.losses import groupvit_losses
 from groupvit.model import GroupViT
-from groupvit.sample_noise import assign_noise_keys, checkpoint_contexts, row_seeds, sample_seeds, uniform
+from groupvit.sample_noise import (
+    assign_noise_keys,
+    checkpoint_contexts,
+    row_seeds,
+    sample_seeds,
+    uniform,
+    unit_interval,
+)
 from groupvit.tokenizer import tokenize
 from groupvit.training.config import TrainConfig
 from groupvit.training.loop import train, train_step
@@ -219,3 +226,13 @@ def test_time_budget_with_accumulation_stops_after_it_and_saves(dataset, noisy_y
     assert 1 <= summary["steps"] < 1000 and summary["minutes"] >= 0.004
     assert summary["images_seen"] == 8 * summary["steps"]  # 4 micro-batches of 2 per step
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == summary["steps"]  # saved at the end
+
+
+def test_uniforms_stay_strictly_inside_the_unit_interval_at_both_ends():
+    """The smallest and largest hashes give uniforms inside (0, 1) in float32, so Gumbel noise is finite: from 24 bits
+    the largest rounded to 1.0 and a fine-tuning run stopped on a NaN loss at step 866."""
+    bits = torch.tensor([0, 1, 2**31, 2**32 - 2, 2**32 - 1])
+    u = unit_interval(bits)
+    assert u.dtype == torch.float32 and bool((u > 0).all()) and bool((u < 1).all())
+    assert u[-1].item() == 1 - 2**-24 and u[0].item() == 2**-24
+    assert bool(torch.isfinite(-torch.log(-torch.log(u))).all())
