@@ -45,14 +45,6 @@ def _number(text: str, kind: type) -> int | float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer (1 or more)")
-    return value
-
-
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     value = _number(text, float)
