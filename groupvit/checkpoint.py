@@ -8,12 +8,13 @@ Our parameter names are canonical; `nvlabs_names` (groupvit.formats.nvlabs) and 
 give, for each of our keys, the key(s) the other layout stores it under. Import and export both walk our model's
 keys, so one function per layout covers both directions. Pickles are never unpickled with code execution
 (groupvit.formats.safe_load). This module is the dispatcher: `read_checkpoint` and `save_model` over the layouts.
+Loading a model by name or path is `groupvit.factory.load_model`, one floor up (`groupvit/__init__.py` also sets it
+here as `groupvit.checkpoint.load_model`, its old home, without this module importing upward).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import re
@@ -345,11 +346,3 @@ def save_model(model: GroupViT, path: str | Path, layout: str = FORMAT_TAG, dtyp
     else:
         raise ValueError(f"unknown checkpoint layout {layout!r}; choose 'groupvit', 'hf' or 'nvlabs'")
     return path
-
-
-def __getattr__(name: str) -> Any:
-    """`groupvit.checkpoint.load_model`, as before: it moved up to `groupvit.factory`, which imports this module, so
-    it is looked up when asked for rather than imported here (an import would run upward)."""
-    if name == "load_model":
-        return importlib.import_module("groupvit.factory").load_model
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
