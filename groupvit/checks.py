@@ -30,6 +30,7 @@ MAX_COUNT = 10_000_000  # steps, images, intervals
 MAX_SCENES = 1_000_000  # SynthVOC scenes to generate
 MAX_WORKERS = 256  # processes
 MAX_MINUTES = 7 * 24 * 60  # a week
+MAX_GRID = 101  # thresholds a calibration tries: 0 to 1 by 0.01
 
 
 # --------------------------------------------------------------------------- option values (argparse types)
@@ -102,6 +103,20 @@ def unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1")
     return value
+
+
+def unit_floats(limit: int):
+    """argparse type: comma-separated numbers in [0, 1] (thresholds to try), at most `limit` of them (stated in the
+    option's help by `say_limits`)."""
+
+    def parse(text: str) -> list[float]:
+        values = [unit_float(t) for t in text.split(",")]
+        if len(values) > limit:
+            raise argparse.ArgumentTypeError(f"{len(values)} thresholds are over the limit of {limit}")
+        return values
+
+    parse.limit = limit
+    return parse
 
 
 def share(text: str) -> float:

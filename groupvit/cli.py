@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 from .checks import (
     MAX_COUNT,
     MAX_CROP_BATCH,
+    MAX_GRID,
     MAX_MINUTES,
     MAX_SCENES,
     MAX_SHORT_SIDE,
@@ -30,33 +32,29 @@ from .checks import (
     say_limits,
     share,
     unit_float,
+    unit_floats,
     weight,
 )
 from .config import GROUPING_INITS, list_presets
 from .errors import describe, exit_code
 from .export import MAX_OPSET, OPSET, export_onnx
+from .factory import ModelChoice, convert_model, describe_model
 from .image import MAX_PIXELS
-from .io import atomic_write
-from .segmentation import MAX_CLASSES, MAX_SEGMENT_CLASSES
+from .naming import naming_from_options
+from .predict import classify_files, segment_files, segment_targets
+from .pretrained import download_report, table
+from .runtime import EXPORT_FILES
+from .segmentation import MAX_CLASSES, MAX_SEGMENT_CLASSES, check_class_names
+from .settings import Requested
 
 
 def _convert(args: argparse.Namespace) -> None:
-    import torch
-
-    from .checkpoint import save_model
-    from .factory import load_model
-
     checkpoint_target(args.dst, args.to, args.overwrite)
-    if args.dtype != "float32" and args.to != "groupvit":  # refused before the weights are read
-        raise ValueError(f"--dtype {args.dtype} applies to our .safetensors layout (--to groupvit) only")
-    dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
-    path = save_model(load_model(args.src, source=args.source), args.dst, layout=args.to, dtype=dtype)
+    path = convert_model(args.src, args.dst, layout=args.to, dtype=args.dtype, source=args.source)
     print(f"wrote {path} ({args.to} layout)")
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .runtime import EXPORT_FILES
-
     output_dir(args.out, names=EXPORT_FILES, overwrite=args.overwrite)  # refused before the weights are read
     opset = args.opset or OPSET
     out = export_onnx(args.weights, args.out, opset=opset, overwrite=args.overwrite, source=args.source,
@@ -65,74 +63,52 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from .factory import describe_model
-
     print(describe_model(args.checkpoint or args.model, preset=args.preset, source=args.source))
 
 
-def _load(args: argparse.Namespace):
-    from .factory import model_for_run
+def _model(args: argparse.Namespace) -> ModelChoice:
+    """The model options (`_add_model_options`) as groupvit.factory.ModelChoice."""
+    return ModelChoice(args.checkpoint, args.random_init, args.device, args.source, args.compile, args.fp16, args.bf16,
+                       args.command)  # fmt: skip
 
-    return model_for_run(args.checkpoint, args.random_init, device=args.device, source=args.source,
-                         compile=args.compile, command=args.command)  # fmt: skip
 
-
-def _dtype(args: argparse.Namespace):
-    import torch
-
-    if args.fp16 and args.device != "cuda":
-        raise ValueError("--fp16 applies on GPU only (--device cuda); on CPU use --bf16 (fast with AVX512-BF16/AMX)")
-    return torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
+def _naming(args: argparse.Namespace):
+    """The naming options (`_add_naming_options`) as groupvit.naming.Naming."""
+    return naming_from_options(args.background_words, args.background_thresholds, args.min_area, args.top_k,
+                               args.gate, args.hierarchical)  # fmt: skip
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from .predict import segment_files, segment_targets
-    from .segmentation import check_class_names
-    from .settings import Requested
-
     class_names = None if args.classes is None else check_class_names(args.classes)
     naming = _naming(args)
     images, out = segment_targets(args.images, args.out, args.overwrite)
-    model = _load(args)
+    model = _model(args)
     requested = Requested(short_side=args.short_side, mode=args.mode, background_threshold=args.background_threshold,
                           dataset=args.dataset, background=not args.no_background, naming=naming)  # fmt: skip
-    failures = segment_files(model, images, out, class_names, requested, templates=args.templates,
-                             refine=args.refine, batch_size=args.batch_size, autocast_dtype=_dtype(args),
-                             checkpoint=args.checkpoint or f"random-init {args.random_init}")  # fmt: skip
+    failures = segment_files(model.load(), images, out, class_names, requested, templates=args.templates,
+                             refine=args.refine, batch_size=args.batch_size, autocast_dtype=model.autocast_dtype(),
+                             checkpoint=model.name())  # fmt: skip
     return 1 if failures else 0
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from .predict import classify_files
-    from .segmentation import MAX_CLASSES, check_class_names
-
     given = None if args.classes is None else check_class_names(args.classes, unique=False, limit=MAX_CLASSES)
     images = input_files(args.images)
-    failures = classify_files(_load(args), images, given, templates=args.templates, short_side=args.short_side,
-                              top=args.top)  # fmt: skip
+    failures = classify_files(_model(args).load(), images, given, templates=args.templates,
+                              short_side=args.short_side, top=args.top)  # fmt: skip
     return 1 if failures else 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .training.config import TrainConfig
-    from .training.loop import CHECKPOINT, PREVIOUS_CHECKPOINT, train
+def _train(args: argparse.Namespace) -> None:
+    from .training.loop import RUN_FILES, train_from_config
 
-    names = (CHECKPOINT, PREVIOUS_CHECKPOINT, "model.safetensors", "train_config.json")
     again = "pass --resume to continue that run, --overwrite to start again, or choose another folder"
-    output_dir(args.out, names=names, overwrite=args.overwrite or args.resume, hint=again)
-    overrides = list(args.overrides)
-    for key in ("data", "init", "steps", "batch_size", "save_every"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    cfg = TrainConfig.from_yaml(args.config, overrides) if args.config else TrainConfig.from_dict({}, overrides)
-    summary = train(cfg, args.out, resume=args.resume)
-    print(f"trained {summary['steps']} steps; skipped {summary['skipped_samples']} broken samples; "
-          f"weights in {Path(args.out) / 'model.safetensors'}")  # fmt: skip
-    return 0
+    output_dir(args.out, names=RUN_FILES, overwrite=args.overwrite or args.resume, hint=again)
+    train_from_config(args.config, args.out, args.overrides, resume=args.resume, data=args.data, init=args.init,
+                      steps=args.steps, batch_size=args.batch_size, save_every=args.save_every)  # fmt: skip
 
 
-def _prepare_nouns(args: argparse.Namespace) -> int:
+def _prepare_nouns(args: argparse.Namespace) -> None:
     from .data.nouns import prepare_nouns
     from .training.data import expand_shards
 
@@ -141,131 +117,62 @@ def _prepare_nouns(args: argparse.Namespace) -> int:
     stats = prepare_nouns(shards, args.out, tagger=args.tagger, num_workers=args.workers,
                           skip_existing=args.skip_existing)  # fmt: skip
     print(json.dumps(stats.as_dict(), indent=2))
-    return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from .evaluation.datasets import load_dataset
-    from .evaluation.run import evaluate_calibrated, format_table
-    from .training.loop import setup_distributed
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluation.run import evaluate_benchmark
 
     if args.out:
         output_file(args.out, overwrite=args.overwrite)
-    rank, _, _ = setup_distributed()
-    if args.dataset == "imagenet":
-        from .evaluation.datasets import ImageFolderClassification
-        from .evaluation.run import evaluate_classification
-
-        templates = args.templates or "subset"  # spec 5.5
-        result = evaluate_classification(_load(args), ImageFolderClassification(args.root), templates, args.limit)
-        if rank == 0:
-            print(f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  ({result['images']} images)")
-            _write_json(args.out, result)
-        return 0
-    dataset = load_dataset(args.dataset, args.root, split=args.split)
-    model = _load(args)
-    dtype = _dtype(args)
-    naming = _naming(args)
-    held_out = (
-        load_dataset(args.dataset, args.root, split=args.calibration_split) if args.calibrate_background else None
-    )
-    result = evaluate_calibrated(model, dataset, args.mode, args.background_threshold, naming, held_out=held_out,
-                                 calibration_images=args.calibrate_background, calibration_split=args.calibration_split,
-                                 grid=args.calibration_grid, per_class_thresholds=args.per_class_thresholds,
-                                 refine=args.refine, limit=args.limit, oracle=args.oracle, recognition=args.recognition,
-                                 templates=args.templates or "simple", batch_size=args.batch_size,
-                                 autocast_dtype=dtype, short_side=args.short_side)  # fmt: skip
-    if rank == 0:
-        print(format_table(result))
-        _write_json(args.out, result)
-    return 0
+    naming = None if args.dataset == "imagenet" else _naming(args)
+    evaluate_benchmark(_model(args), args.dataset, args.root, split=args.split, out=args.out, templates=args.templates,
+                       background_threshold=args.background_threshold, naming=naming,
+                       calibrate_background=args.calibrate_background, calibration_split=args.calibration_split,
+                       calibration_grid=args.calibration_grid, per_class_thresholds=args.per_class_thresholds,
+                       refine=args.refine, limit=args.limit, oracle=args.oracle, recognition=args.recognition,
+                       batch_size=args.batch_size, mode=args.mode, short_side=args.short_side)  # fmt: skip
 
 
-def _write_json(path: str | None, result: dict) -> None:
-    if path:
-        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
-        print(f"wrote {path}")
-
-
-def _convert_coco_object(args: argparse.Namespace) -> int:
+def _convert_coco_object(args: argparse.Namespace) -> None:
     from .evaluation.datasets import convert_coco_object
 
     output_dir(args.out)
     written = convert_coco_object(args.stuff_root, args.out, split=args.split, image_dir=args.images)
     print(f"wrote {written} COCO-Object label maps under {Path(args.out) / 'annotations' / args.split}")
-    return 0
 
 
-def _app(args: argparse.Namespace) -> int:
-    import importlib.util
+def _app(args: argparse.Namespace) -> None:
+    from .serve import serve_app
 
-    if importlib.util.find_spec("gradio") is None:
-        raise ValueError("the app needs gradio: pip install -c constraints.txt -e '.[demo]'")
-    if args.checkpoint:  # fetched first: importing the app switches huggingface_hub offline (for gradio)
-        from .pretrained import resolve
-
-        resolve(args.checkpoint, args.source)
-    from .app import Limits, run_app
-
-    limits = Limits(max_pixels=args.max_pixels, max_classes=args.max_classes, max_file_size=args.max_upload_mb << 20)
-    run_app(args.checkpoint, host=args.host, port=args.port, device=args.device, limits=limits,
-            random_init=args.random_init, source=args.source, short_side=args.short_side)  # fmt: skip
-    return 0
+    serve_app(args.checkpoint, host=args.host, port=args.port, device=args.device, random_init=args.random_init,
+              source=args.source, short_side=args.short_side, max_pixels=args.max_pixels,
+              max_classes=args.max_classes, max_upload_mb=args.max_upload_mb)  # fmt: skip
 
 
-def _download(args: argparse.Namespace) -> int:
-    from .pretrained import PRETRAINED, download
-
-    path = download(args.name, args.source)
-    entry = PRETRAINED.get(args.name.partition("@")[0])
-    print(f"{args.name}: {path}" + (f" (licence: {entry.licence})" if entry else ""))
-    return 0
+def _download(args: argparse.Namespace) -> None:
+    print(download_report(args.name, args.source))
 
 
-def _list(args: argparse.Namespace) -> int:
-    from .pretrained import table
-
+def _list(args: argparse.Namespace) -> None:
     print(table())
-    return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_OUTPUTS, DemoOptions, run_demo, scene_file, write_scenes
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import DEMO_OUTPUTS, DemoOptions, run_demo, scene_outputs, write_scenes
 
-    if args.scenes_only:
-        names = [scene_file(i) for i in range(args.scenes_only)] + ["captions.txt"]
-        output_dir(args.out, names=names, overwrite=args.overwrite)
-        options = DemoOptions(out=Path(args.out), seed=args.seed, config=args.config, scene=tuple(args.scene))
-        paths = write_scenes(options, args.scenes_only)
-        print(f"wrote {len(paths)} SynthVOC validation scenes and captions.txt to {args.out}")
-        return 0
-    output_dir(args.out, names=DEMO_OUTPUTS, overwrite=args.overwrite)
-    if args.data:
+    output_dir(args.out, names=scene_outputs(args.scenes_only) if args.scenes_only else DEMO_OUTPUTS,
+               overwrite=args.overwrite)  # fmt: skip
+    if args.data and not args.scenes_only:
         output_dir(args.data, "--data")
-    options = DemoOptions(
-        out=Path(args.out), minutes=args.minutes, data=Path(args.data) if args.data else None, baseline=args.baseline,
-        soft_assignment=args.soft_assignment, multi_label=not args.no_multi_label, recipe=args.recipe,
-        stages=args.stages, noun_loss=args.noun_loss, grouping_init=args.grouping_init, loss=args.loss,
-        noun_positives=args.noun_positives, deep_noun_loss=args.deep_noun_loss, deep_noun_decay=args.deep_noun_decay,
-        mosaic_loss=args.mosaic_loss, noun_templates=args.noun_templates, text_pool=args.text_pool,
-        in_memory=args.in_memory,
-        drop_boilerplate_nouns=args.drop_boilerplate_nouns, seed=args.seed, train_scenes=args.train_scenes,
-        val_scenes=args.val_scenes, config=args.config,
-        **({"workers": args.workers} if args.workers is not None else {}),
-        overrides=tuple(args.overrides), scene=tuple(args.scene), init=args.init, vocabulary=args.vocabulary,
-        **({"replay": args.replay} if args.replay is not None else {}),
-    )  # fmt: skip
-    result = run_demo(options)
-    if "voc_miou" in result:
-        before = f" (before fine-tuning: {result['before']['miou']:.2f})" if result["init"] else ""
-        print(f"new classes: val mIoU {result['miou']:.2f}{before}; VOC val mIoU {result['voc_miou']:.2f}, "
-              f"40-class split {result['combined_miou']:.2f}")  # fmt: skip
-    classes = "" if result["vocabulary"] == "voc" else f" ({result['vocabulary']} classes)"
-    print(f"SynthVOC val mIoU {result['miou']:.2f}{classes} (background threshold {result['background_threshold']}), "
-          f"final groups in use {result['groups_in_use']:.2f}, recognition {result['recognition']['pooled']:.1f} %, "
-          f"after {result['minutes']:.1f} min / {result['images_seen']} images; "
-          f"report: {Path(args.out) / 'report.html'}")  # fmt: skip
-    return 0
+    # Each DemoOptions field is the flag of its name; a flag not given leaves the field's default.
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(DemoOptions)} | {
+        "out": Path(args.out), "data": Path(args.data) if args.data else None, "multi_label": not args.no_multi_label,
+        "scene": tuple(args.scene), "overrides": tuple(args.overrides)}  # fmt: skip
+    options = DemoOptions(**{key: value for key, value in given.items() if value is not None})
+    if args.scenes_only:
+        write_scenes(options, args.scenes_only)
+    else:
+        run_demo(options)
 
 
 DEBUG_HELP = "show the traceback of an error (also GROUPVIT_DEBUG=1)"
@@ -315,26 +222,6 @@ def _add_naming_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hierarchical", type=unit_float, metavar="SCORE",
                    help="name the members (previous-stage groups) of a final group whose members name different "
                    "classes with at least this score: more classes than final groups")  # fmt: skip
-
-
-def _thresholds(text: str) -> list[float]:
-    """argparse type: comma-separated thresholds in [0, 1], at most `_thresholds.limit` of them."""
-    values = [unit_float(t) for t in text.split(",")]
-    if len(values) > _thresholds.limit:
-        raise argparse.ArgumentTypeError(f"{len(values)} thresholds are over the limit of {_thresholds.limit}")
-    return values
-
-
-_thresholds.limit = 101  # 0 to 1 by 0.01
-
-
-def _naming(args: argparse.Namespace):
-    """The naming options of `segment` and `eval` (groupvit.naming.Naming)."""
-    from .naming import Naming, background_words, load_class_thresholds
-
-    thresholds = load_class_thresholds(args.background_thresholds) if args.background_thresholds else None
-    return Naming(background_words=background_words(args.background_words), class_thresholds=thresholds,
-                  min_area=args.min_area, top_k=args.top_k, gate=args.gate, hierarchical=args.hierarchical)  # fmt: skip
 
 
 def _add_test_size_options(p: argparse.ArgumentParser) -> None:
@@ -533,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate-background", type=at_most(MAX_COUNT), metavar="N",
                    help="pick the threshold on N images of --calibration-split (a variant)")  # fmt: skip
     p.add_argument("--calibration-split", default="train")
-    p.add_argument("--calibration-grid", type=_thresholds, metavar="T1,T2,...",
+    p.add_argument("--calibration-grid", type=unit_floats(MAX_GRID), metavar="T1,T2,...",
                    help="thresholds calibration tries (default 0.05 to 0.95 by 0.05); per-class calibration names "
                    "the images about 2 x classes x grid times, so a coarser grid is faster")  # fmt: skip
     p.add_argument("--per-class-thresholds", action="store_true",

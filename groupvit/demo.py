@@ -266,7 +266,13 @@ def write_scenes(options: DemoOptions, count: int) -> list[Path]:
         paths.append(path)
         captions.append(f"{path.name}\t{made.caption}\n")
     atomic_write(out / "captions.txt", lambda tmp: Path(tmp).write_text("".join(captions)))
+    print(f"wrote {len(paths)} SynthVOC validation scenes and captions.txt to {options.out}")
     return paths
+
+
+def scene_outputs(count: int) -> list[str]:
+    """The files `write_scenes` writes."""
+    return [scene_file(i) for i in range(count)] + ["captions.txt"]
 
 
 def run_demo(options: DemoOptions) -> dict:
@@ -367,7 +373,23 @@ def run_demo(options: DemoOptions) -> dict:
     result["report_grid"] = write_report(model, val, scenes, result, out, result["background_threshold"], size,
                                          shipped=grid_before[0], shipped_title=grid_before[1])  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2))
+    print(summary(result, out))
     return result
+
+
+def summary(result: dict, out: Path) -> str:
+    """The lines `groupvit demo` ends with: the scores, the run's length and where the report is."""
+    lines = []
+    if "voc_miou" in result:
+        before = f" (before fine-tuning: {result['before']['miou']:.2f})" if result["init"] else ""
+        lines.append(f"new classes: val mIoU {result['miou']:.2f}{before}; VOC val mIoU {result['voc_miou']:.2f}, "
+                     f"40-class split {result['combined_miou']:.2f}")  # fmt: skip
+    classes = "" if result["vocabulary"] == "voc" else f" ({result['vocabulary']} classes)"
+    lines.append(f"SynthVOC val mIoU {result['miou']:.2f}{classes} (background threshold "
+                 f"{result['background_threshold']}), final groups in use {result['groups_in_use']:.2f}, recognition "
+                 f"{result['recognition']['pooled']:.1f} %, after {result['minutes']:.1f} min / "
+                 f"{result['images_seen']} images; report: {Path(out) / 'report.html'}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def before_scores(model, root: Path, size: int, dataset: str) -> dict:

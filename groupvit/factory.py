@@ -7,11 +7,12 @@ which imports this module.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import read_checkpoint_and_settings
+from .checkpoint import read_checkpoint_and_settings, save_model
 from .config import GroupViTConfig, model_config
 from .model import GroupViT
 from .pretrained import random_init, resolve
@@ -99,3 +100,44 @@ def model_for_run(
     else:
         model = load_model(checkpoint, device=device, source=source)
     return model.compile_encoders() if compile else model
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a command runs, as its options name it (`segment`, `classify`, `eval`): `checkpoint` as
+    `load_model` reads it, or untrained weights of the `random_init` preset; on `device`, compiled or not, and the
+    autocast precision (`fp16` on GPU, `bf16`)."""
+
+    checkpoint: str | None = None
+    random_init: str | None = None
+    device: str = "cpu"
+    source: str | None = None
+    compile: bool = False
+    fp16: bool = False
+    bf16: bool = False
+    command: str = ""
+
+    def load(self) -> GroupViT:
+        return model_for_run(self.checkpoint, self.random_init, device=self.device, source=self.source,
+                             compile=self.compile, command=self.command)  # fmt: skip
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        if self.fp16 and self.device != "cuda":
+            raise ValueError(
+                "--fp16 applies on GPU only (--device cuda); on CPU use --bf16 (fast with AVX512-BF16/AMX)"
+            )
+        return torch.float16 if self.fp16 else torch.bfloat16 if self.bf16 else None
+
+    def name(self) -> str:
+        """What the outputs record as the weights."""
+        return self.checkpoint or f"random-init {self.random_init}"
+
+
+def convert_model(src: str, dst: str | Path, layout: str = "groupvit", dtype: str = "float32",
+                  source: str | None = None) -> Path:  # fmt: skip
+    """`groupvit convert`: the weights `src` names (anything `load_model` reads) written to `dst` in `layout`
+    (groupvit, hf or nvlabs); ours may store float16 or bfloat16 (`dtype`), read back as float32."""
+    if dtype != "float32" and layout != "groupvit":  # refused before the weights are read
+        raise ValueError(f"--dtype {dtype} applies to our .safetensors layout (--to groupvit) only")
+    stored = None if dtype == "float32" else getattr(torch, dtype)
+    return save_model(load_model(src, source=source), dst, layout=layout, dtype=stored)

@@ -130,6 +130,21 @@ def load_class_thresholds(path: str | Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in data.items()}
 
 
+def naming_from_options(
+    background_words_spec: str | None = None,
+    thresholds_file: str | Path | None = None,
+    min_area: float = 0.0,
+    top_k: int | None = 5,
+    gate: float | None = None,
+    hierarchical: float | None = None,
+) -> Naming:
+    """A `Naming` from the naming options of `groupvit segment` and `eval` (--background-words, read as
+    `background_words` reads them; --background-thresholds, a file `load_class_thresholds` reads; ...)."""
+    thresholds = load_class_thresholds(thresholds_file) if thresholds_file else None
+    return Naming(background_words=background_words(background_words_spec), class_thresholds=thresholds,
+                  min_area=min_area, top_k=top_k, gate=gate, hierarchical=hierarchical)  # fmt: skip
+
+
 def threshold_vector(class_thresholds: Mapping[str, float], class_names: Sequence[str]) -> torch.Tensor:
     """[C] thresholds in class order; every class needs one."""
     missing = [n for n in class_names if n not in class_thresholds]

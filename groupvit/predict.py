@@ -49,11 +49,12 @@ def segment_targets(images: Sequence[str | Path], out: str | Path, overwrite: bo
     return paths, output_dir(out, names=names, overwrite=overwrite)
 
 
-def recorded_classes(model: GroupViT) -> list[str]:
-    """The vocabulary a model records, for a run given no classes."""
-    if not model.test_settings.classes:
+def run_classes(classes: Sequence[str]) -> list[str]:
+    """A run's class names as `resolve_settings` gave them (the caller's, else the model's vocabulary): there must
+    be some."""
+    if not classes:
         raise ValueError("--classes is required: this model records no vocabulary of its own")
-    return list(model.test_settings.classes)
+    return list(classes)
 
 
 def note_unlike(model: GroupViT, shape: tuple[int, ...], command: str, noted: list) -> None:
@@ -91,7 +92,7 @@ def segment_files(
     sources = SEGMENT_SOURCES | ({"dataset": f"--dataset {requested.dataset}"} if requested.dataset else {})
     run = resolve_settings(model.test_settings, model.config, requested, classes=class_names, sources=sources)
     settings, threshold = run.settings, run.background_threshold
-    class_names = list(class_names or recorded_classes(model))
+    class_names = run_classes(run.classes)
     used = settings.describe(background="none" if threshold is None else f"{threshold:g}")
     print(f"groupvit segment: {used} ({run.origins}; --short-side, --mode, "
           f"--background-threshold change it); runtime {model.runtime}", file=sys.stderr)  # fmt: skip
@@ -147,14 +148,16 @@ def classify_files(
     short_side: int | None = None,
     top: int = 5,
 ) -> int:
-    """Print each image's `top` classes with their probabilities; class_names default to the model's vocabulary.
+    """Print each image's `top` classes with their probabilities; class_names default to the model's vocabulary
+    (groupvit.settings.resolve_settings).
     Returns the number of images skipped."""
     from .classification import ZeroShotClassifier
 
+    run = resolve_settings(model.test_settings, model.config, classes=class_names, sources={"classes": "--classes"})
     if class_names is None:
-        class_names = recorded_classes(model)
-        print(f"groupvit classify: the {len(class_names)} classes recorded with the model (--classes changes them)",
-              file=sys.stderr)  # fmt: skip
+        print(f"groupvit classify: the {len(run_classes(run.classes))} classes recorded with the model (--classes "
+              "changes them)", file=sys.stderr)  # fmt: skip
+    class_names = run_classes(run.classes)
     classifier = ZeroShotClassifier(model, class_names, templates=templates, short_side=short_side)
     failures, noted = 0, []
     for path in images:

@@ -188,6 +188,13 @@ def download(name: str, source: str | None = None) -> Path:
     return _fetch_first(*parsed)
 
 
+def download_report(name: str, source: str | None = None) -> str:
+    """`download`, then the line `groupvit download` prints: where the weights are, with their licence."""
+    path = download(name, source)
+    entry = PRETRAINED.get(name.partition("@")[0])
+    return f"{name}: {path}" + (f" (licence: {entry.licence})" if entry else "")
+
+
 def _fetch_first(entry: Pretrained, sources: list[Source]) -> Path:
     failures = []
     for src in sources:

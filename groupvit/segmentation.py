@@ -31,7 +31,7 @@ from .naming import Naming, area_filter, name_pixels, threshold_vector
 from .naming import background_channel as background_channel  # re-exported: the protocol's steps
 from .naming import group_class_affinity as group_class_affinity
 from .settings import BACKGROUND_THRESHOLDS as BACKGROUND_THRESHOLDS  # re-exported: its old home
-from .settings import FROM_MODEL, resolve_settings
+from .settings import FROM_MODEL, Requested, resolve_settings
 from .templates import get_templates
 from .tokenizer import CONTEXT_LENGTH, tokenize
 from .tokenizer import encode as token_ids
@@ -321,18 +321,20 @@ class ZeroShotSegmenter:
         group_maps: bool = True,
         naming: Naming | None = None,
     ) -> None:
-        settings = model.test_settings
-        if background_threshold is FROM_MODEL:  # the model's, else VOC's
-            background_threshold = resolve_settings(settings, model.config).background_threshold
-        mode = mode or settings.mode
-        short_side, crop_size = short_side or settings.short_side, crop_size or settings.crop_size
-        stride = stride or settings.stride
-        if mode not in ("slide", "whole"):
+        if mode not in (None, "", "slide", "whole"):
             raise ValueError(f"mode must be 'slide' or 'whole', got {mode!r}")
         if refine not in (None, "pamr"):
             raise ValueError(f"refine must be None or 'pamr', got {refine!r}")
-        if background_threshold is not None and not 0.0 <= background_threshold <= 1.0:
+        given = None if background_threshold is FROM_MODEL else background_threshold
+        if given is not None and not 0.0 <= given <= 1.0:
             raise ValueError(f"background_threshold must be in [0, 1] or None, got {background_threshold}")
+        # What is not given is the model's (a threshold: the model's, else VOC's; None: no background).
+        requested = Requested(short_side=short_side or None, mode=mode or None, background_threshold=given,
+                              background=background_threshold is not None)  # fmt: skip
+        run = resolve_settings(model.test_settings, model.config, requested)
+        settings, background_threshold = run.settings, run.background_threshold
+        mode, short_side = settings.mode, settings.short_side
+        crop_size, stride = crop_size or settings.crop_size, stride or settings.stride
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.background_threshold = background_threshold

@@ -140,7 +140,10 @@ class TestSettings:
 class Requested:
     """The test settings a caller asks for; None (and background=True) leaves each to the model.
 
-    dataset: use its background threshold (BACKGROUND_THRESHOLDS) unless background_threshold is given.
+    dataset: use its background threshold (BACKGROUND_THRESHOLDS, or `dataset_threshold`) unless
+        background_threshold is given.
+    dataset_threshold: the threshold of a `dataset` that BACKGROUND_THRESHOLDS does not hold (a benchmark of
+        groupvit.evaluation.datasets passes its own).
     background: False for no background class at all.
     """
 
@@ -148,6 +151,7 @@ class Requested:
     mode: str | None = None
     background_threshold: float | None = None
     dataset: str | None = None
+    dataset_threshold: float | None = None
     background: bool = True
     naming: Naming | None = None
 
@@ -155,11 +159,13 @@ class Requested:
 @dataclass(frozen=True)
 class Resolved:
     """A run's test settings: the model's under the caller's, the background threshold the run uses (None: no
-    background), and where each value came from (one line, as `TestSettings.origins` words it)."""
+    background), where each value came from (one line, as `TestSettings.origins` words it), and the class names:
+    the caller's, else the vocabulary the model records (empty if it records none)."""
 
     settings: TestSettings
     background_threshold: float | None
     origins: str
+    classes: tuple[str, ...] = ()
 
 
 def resolve_settings(
@@ -169,17 +175,20 @@ def resolve_settings(
     classes: Any = None,
     sources: dict[str, str] | None = None,
 ) -> Resolved:
-    """The one place a model's recorded test settings meet what a caller asks for (`requested`; `classes` only
-    counts for the origins line). The background threshold is the caller's, else the dataset's
-    (BACKGROUND_THRESHOLDS), else the model's, else VOC's; with `background=False` there is none. `sources` names
-    where each given value came from for the origins line (a setting's name, or "dataset" / "no_background", to an
-    option: {"short_side": "--short-side"}); unnamed ones come "from the caller"."""
+    """The one place a model's recorded test settings meet what a caller asks for (`requested`; `classes`, the
+    caller's class names or None for the model's vocabulary, gives `Resolved.classes` and its origin). The background
+    threshold is the caller's, else the dataset's (BACKGROUND_THRESHOLDS or `dataset_threshold`), else the model's,
+    else VOC's; with `background=False` there is none. `sources` names where each given value came from for the
+    origins line (a setting's name, or "dataset" / "no_background", to an option: {"short_side": "--short-side"});
+    unnamed ones come "from the caller"."""
     sources, requested = sources or {}, requested or Requested()
     short_side, mode, background_threshold = requested.short_side, requested.mode, requested.background_threshold
     dataset, background, naming = requested.dataset, requested.background, requested.naming
     threshold = background_threshold
     if threshold is None and dataset:
-        threshold = BACKGROUND_THRESHOLDS[dataset]
+        threshold = (
+            BACKGROUND_THRESHOLDS[dataset] if requested.dataset_threshold is None else requested.dataset_threshold
+        )
     official = naming is None or naming.official
     settings = recorded.merged(short_side=short_side, mode=mode, background_threshold=threshold,
                                naming=None if official else naming)  # fmt: skip
@@ -194,4 +203,5 @@ def resolve_settings(
             sources.get("dataset", f"dataset {dataset}"))  # fmt: skip
     if not official:
         given["naming"] = sources.get("naming", "the caller")
-    return Resolved(settings, threshold, recorded.origins(config, given))
+    names = tuple(classes) if classes is not None else recorded.classes
+    return Resolved(settings, threshold, recorded.origins(config, given), names)

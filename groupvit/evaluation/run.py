@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,13 +15,46 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..image import load_image
+from ..io import atomic_write
 from ..model import GroupViT
 from ..naming import Naming, coordinate_ascent
 from ..segmentation import SegmentationResult, ZeroShotSegmenter
+from ..settings import Requested, Resolved, resolve_settings
 from .metrics import ConfusionMatrix, classes_present, oracle_labels, recognition_recall
+
+if TYPE_CHECKING:
+    from ..factory import ModelChoice
 
 DATASET_DEFAULT = object()  # "use the dataset's own background threshold"
 CALIBRATION_GRID = tuple(round(t, 2) for t in np.arange(0.05, 1.0, 0.05))
+# The options of `groupvit eval` that change each test setting, for the line saying where each came from.
+EVAL_SOURCES = {"short_side": "--short-side", "mode": "--mode", "background_threshold": "--background-threshold",
+                "naming": "the naming options"}  # fmt: skip
+
+
+def benchmark_settings(
+    model: GroupViT,
+    dataset,
+    background_threshold: float | object | None = DATASET_DEFAULT,
+    naming: Naming | None = None,
+    mode: str | None = None,
+    short_side: int | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> Resolved:
+    """A benchmark run's test settings, through groupvit.settings.resolve_settings: the resize and mode are the
+    caller's, else the model's; the background threshold is the caller's (None: no background), else the dataset's
+    (DATASET_DEFAULT), never the model's, since a benchmark is scored under its protocol; none where the dataset has
+    no background class; the naming is the caller's, else the official one (not one the model records)."""
+    default = background_threshold is DATASET_DEFAULT
+    protocol = replace(model.test_settings, background_threshold=None, naming=Naming())
+    requested = Requested(short_side=short_side, mode=mode, naming=naming,
+                          background_threshold=None if default else background_threshold,
+                          dataset=dataset.name if default and dataset.has_background else None,
+                          dataset_threshold=getattr(dataset, "background_threshold", None) if default else None,
+                          background=dataset.has_background and background_threshold is not None)  # fmt: skip
+    sources = {"no_background": f"dataset {dataset.name} (no background class)" if default else "the caller",
+               **(sources or {})}  # fmt: skip
+    return resolve_settings(protocol, model.config, requested, sources=sources)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -116,13 +153,12 @@ def evaluate_namings(
     on the whole image at `short_side` (percent; images without an object class left out, None if none has one).
     """
     rank, world = _rank_world()
-    resolved = {
-        key: (None if not dataset.has_background else dataset.background_threshold if t is DATASET_DEFAULT else t, n)
-        for key, (t, n) in options.items()
-    }
+    runs = {key: benchmark_settings(model, dataset, t, n, mode, short_side) for key, (t, n) in options.items()}
+    resolved = {key: (runs[key].background_threshold, n) for key, (_, n) in options.items()}
+    settings = next(iter(runs.values())).settings if runs else model.test_settings
     segmenter = ZeroShotSegmenter(
-        model, dataset.class_names, background_threshold=None, mode=mode, templates=templates, refine=refine,
-        batch_size=batch_size, autocast_dtype=autocast_dtype, short_side=short_side,
+        model, dataset.class_names, background_threshold=None, mode=settings.mode, templates=templates, refine=refine,
+        batch_size=batch_size, autocast_dtype=autocast_dtype, short_side=settings.short_side,
     )  # fmt: skip
     _check_options(dataset, segmenter, resolved)
     members = any(n.hierarchical is not None for _, n in resolved.values())
@@ -258,12 +294,14 @@ def evaluate_calibrated(
     limit: int | None = None,
     oracle: bool = False,
     recognition: bool = False,
+    settings_line: bool = False,
     **options,
 ) -> dict:
     """`evaluate_segmentation` of `dataset` (`groupvit eval`), with its background threshold (and with
     `per_class_thresholds` one per class) first chosen on the first `calibration_images` images of `held_out`, a
     split apart from the reported one; the choice and its curve are in the result's "calibration". Without
-    calibration the threshold is the caller's, else the dataset's. `options`: templates, batch_size,
+    calibration the threshold is the caller's, else the dataset's (`benchmark_settings`). With `settings_line`,
+    the settings the run uses and where each came from, on stderr. `options`: templates, batch_size,
     autocast_dtype, short_side."""
     threshold = DATASET_DEFAULT if background_threshold is None else background_threshold
     naming = naming or Naming()
@@ -282,11 +320,65 @@ def evaluate_calibrated(
             naming = replace(naming, class_thresholds=class_thresholds)
             calibration.update(class_thresholds=class_thresholds, miou_with_class_thresholds=miou,
                                method="coordinate ascent over the grid from the chosen threshold")  # fmt: skip
+    if settings_line and _rank_world()[0] == 0:
+        calibrated = f"calibration on {calibration_images} {calibration_split} images"
+        sources = EVAL_SOURCES | ({"background_threshold": calibrated} if calibration else {})
+        sources |= {"naming": f"per-class {calibrated}"} if per_class_thresholds else {}
+        run = benchmark_settings(model, dataset, threshold, naming, mode, options.get("short_side"), sources)
+        used = run.settings.describe("none" if run.background_threshold is None else f"{run.background_threshold:g}")
+        print(f"groupvit eval: {used} ({run.origins})", file=sys.stderr)
     result = evaluate_segmentation(model, dataset, mode, threshold, refine=refine, limit=limit, oracle=oracle,
                                    naming=naming, recognition=recognition, **options)  # fmt: skip
     if calibration:
         result["calibration"] = calibration
     result["runtime"] = model.runtime  # pytorch, or onnxruntime for an ONNX export
+    return result
+
+
+def evaluate_benchmark(
+    model: ModelChoice,
+    dataset: str,
+    root: str | Path,
+    *,
+    split: str = "val",
+    out: str | Path | None = None,
+    templates: str | None = None,
+    background_threshold: float | None = None,
+    naming: Naming | None = None,
+    calibrate_background: int = 0,
+    calibration_split: str = "train",
+    calibration_grid: Sequence[float] | None = None,
+    **options,
+) -> dict:
+    """What `groupvit eval` runs, one process per device under torchrun: a benchmark (`load_dataset`'s names, or
+    imagenet for classification) at `root` scored with `model` (groupvit.factory.ModelChoice), printed as a table
+    and written to `out` as JSON by rank 0. Segmentation is `evaluate_calibrated` (templates: simple by default;
+    `options`: its mode, per_class_thresholds, refine, limit, oracle, recognition, batch_size, short_side);
+    classification is `evaluate_classification` (templates: subset by default, spec 5.5; `options`: limit)."""
+    from ..distributed import setup_distributed
+    from .datasets import ImageFolderClassification, load_dataset
+
+    rank, _, _ = setup_distributed()
+    if dataset == "imagenet":
+        result = evaluate_classification(model.load(), ImageFolderClassification(root), templates or "subset",
+                                         options.get("limit"))  # fmt: skip
+        table = f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  ({result['images']} images)"
+    else:
+        data = load_dataset(dataset, root, split=split)
+        loaded = model.load()
+        dtype = model.autocast_dtype()
+        held_out = load_dataset(dataset, root, split=calibration_split) if calibrate_background else None
+        result = evaluate_calibrated(loaded, data, options.pop("mode", None), background_threshold, naming,
+                                     held_out=held_out, calibration_images=calibrate_background,
+                                     calibration_split=calibration_split, grid=calibration_grid,
+                                     templates=templates or "simple", autocast_dtype=dtype, settings_line=True,
+                                     **options)  # fmt: skip
+        table = format_table(result)
+    if rank == 0:
+        print(table)
+        if out:
+            atomic_write(Path(out), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+            print(f"wrote {out}")
     return result
 
 

@@ -14,7 +14,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import save_model
+from ..distributed import setup_distributed as setup_distributed  # its old home
 from ..io import atomic_write
 from ..losses import EncoderFeatures, concat_features, encode_features, losses_from_features
 from ..model import GroupViT
@@ -52,19 +53,7 @@ from .sync_batchnorm import synchronise_batchnorm
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the one before, kept to fall back on if the newest is damaged
-
-
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """Rank, world size and device from torchrun's environment (a single process without it)."""
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
-        return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank)
-    dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
+RUN_FILES = (CHECKPOINT, PREVIOUS_CHECKPOINT, "model.safetensors", "train_config.json")  # what a run writes
 
 
 def learning_rate(step: float, cfg: TrainConfig, scale: float) -> float:
@@ -471,3 +460,16 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         dist.destroy_process_group()
     return {"steps": step, "minutes": train_seconds / 60, "skipped_samples": sum(skipped_by_worker.values()),
             "images_seen": seen, "eval_history": history}  # fmt: skip
+
+
+def train_from_config(config: str | Path | None, out: str | Path, overrides: Sequence[str] = (), resume: bool = False,
+                      **options: object) -> dict:  # fmt: skip
+    """What `groupvit train` runs: the training YAML `config` (else the defaults) under `overrides` (key=value) and
+    then `options` not None (data, init, steps, batch_size, save_every: the command's own flags), trained into `out`
+    (`train`), saying what it did."""
+    overrides = [*overrides, *(f"{key}={value}" for key, value in options.items() if value is not None)]
+    cfg = TrainConfig.from_yaml(config, overrides) if config else TrainConfig.from_dict({}, overrides)
+    summary = train(cfg, out, resume=resume)
+    print(f"trained {summary['steps']} steps; skipped {summary['skipped_samples']} broken samples; "
+          f"weights in {Path(out) / 'model.safetensors'}")  # fmt: skip
+    return summary
