@@ -231,3 +231,92 @@ def test_classify_uses_the_recorded_vocabulary_and_the_settings_line_names_each_
             "--background-threshold; naming: from the naming options; classes: from --classes;") in line  # fmt: skip
     line = settings_line("--classes", "car", "--no-background", checkpoint=small_checkpoint)
     assert "(short side, mode, naming: the protocol's; background threshold: from --no-background; classes: " in line
+
+
+# Each entry point resolves through groupvit.settings.resolve_settings: with it replaced by one that answers
+# differently (the real answer, marked), what the entry point runs and prints follows the replacement.
+
+
+def marked_resolver(monkeypatch, module, calls: list, **changes):
+    """Replace `module.resolve_settings` by the real one with `changes` to its answer; each answer in `calls`."""
+    from groupvit import settings
+
+    def resolve(*args, **kwargs):
+        calls.append(dataclasses.replace(settings.resolve_settings(*args, **kwargs), **changes))
+        return calls[-1]
+
+    monkeypatch.setattr(module, "resolve_settings", resolve)
+
+
+def test_segment_takes_its_settings_line_from_resolve_settings(recorded_checkpoint, tmp_path, capsys, monkeypatch):
+    from groupvit import predict
+    from groupvit.cli import main
+
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (40, 40)).save(image)
+    calls = []
+    marked_resolver(monkeypatch, predict, calls, origins="MARKED", background_threshold=0.125)
+    assert main(["segment", str(image), "--checkpoint", str(recorded_checkpoint), "--out", str(tmp_path / "a")]) == 0
+    assert len(calls) == 1 and "background threshold 0.125, a naming variant (MARKED;" in capsys.readouterr().err
+    assert json.loads((tmp_path / "a" / "scene.json").read_text())["background_threshold"] == 0.125
+
+
+def test_classify_takes_its_classes_from_resolve_settings(recorded_checkpoint, tmp_path, capsys, monkeypatch):
+    from groupvit import predict
+    from groupvit.cli import main
+
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (40, 40)).save(image)
+    calls = []
+    marked_resolver(monkeypatch, predict, calls, classes=("kettle", "lamp", "moon"))
+    assert main(["classify", str(image), "--checkpoint", str(recorded_checkpoint)]) == 0
+    out, err = capsys.readouterr()
+    assert (
+        len(calls) == 1 and err == "groupvit classify: the 3 classes recorded with the model (--classes changes them)\n"
+    )
+    assert {entry.rsplit(" ", 1)[0] for entry in out.split(": ", 1)[1].strip().split(", ")} == {
+        "kettle",
+        "lamp",
+        "moon",
+    }
+
+
+def test_eval_resolves_the_dataset_threshold_and_says_where_each_setting_came_from(
+    recorded_checkpoint, tmp_path, capsys, monkeypatch
+):
+    from groupvit.cli import main
+    from groupvit.evaluation import run
+    from tests.conftest import write_tiny_voc
+
+    root = write_tiny_voc(tmp_path / "voc", count=2)
+    out = tmp_path / "voc.json"
+    # The model records 0.3, whole mode, short side 32 and a naming variant: eval takes VOC's 0.95 (the benchmark's
+    # protocol), the official naming and the dataset's classes, but the model's mode.
+    assert main(["eval", "--dataset", "voc", "--root", str(root), "--checkpoint", str(recorded_checkpoint), "--out",
+                 str(out), "--short-side", "64"]) == 0  # fmt: skip
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line == ("groupvit eval: short side 64, whole mode (one pass), background threshold 0.95 (short side: from "
+                    "--short-side; mode: recorded with the model; background threshold, classes: from dataset voc; "
+                    "naming: the protocol's)")  # fmt: skip
+    assert json.loads(out.read_text())["background_threshold"] == 0.95
+    calls = []
+    marked_resolver(monkeypatch, run, calls, origins="MARKED", background_threshold=0.125)
+    assert main(["eval", "--dataset", "voc", "--root", str(root), "--checkpoint", str(recorded_checkpoint),
+                 "--short-side", "64", "--out", str(out), "--overwrite"]) == 0  # fmt: skip
+    assert calls and "background threshold 0.125 (MARKED)" in capsys.readouterr().err
+    assert json.loads(out.read_text())["background_threshold"] == 0.125  # what was scored, not only what was said
+
+
+def test_the_python_api_and_the_app_resolve_through_resolve_settings(small_model, monkeypatch):
+    from groupvit import segmentation
+
+    calls = []
+    marked_resolver(monkeypatch, segmentation, calls, background_threshold=0.125)
+    assert ZeroShotSegmenter(small_model, ["cat"]).background_threshold == 0.125 and len(calls) == 1
+    pytest.importorskip("gradio")
+    from groupvit import app
+
+    monkeypatch.setattr(app, "_load_app_model", lambda *args: (small_model, "a test model", None))
+    marked_resolver(monkeypatch, app, calls, settings=dataclasses.replace(RECORDED, short_side=40))
+    model, _, _ = app.load_app_model("any", "cpu", short_side=56)
+    assert len(calls) == 2 and model.test_settings.short_side == 40

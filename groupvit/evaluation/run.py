@@ -44,7 +44,8 @@ def benchmark_settings(
     """A benchmark run's test settings, through groupvit.settings.resolve_settings: the resize and mode are the
     caller's, else the model's; the background threshold is the caller's (None: no background), else the dataset's
     (DATASET_DEFAULT), never the model's, since a benchmark is scored under its protocol; none where the dataset has
-    no background class; the naming is the caller's, else the official one (not one the model records)."""
+    no background class; the naming is the caller's, else the official one (not one the model records); the classes
+    are the dataset's."""
     default = background_threshold is DATASET_DEFAULT
     protocol = replace(model.test_settings, background_threshold=None, naming=Naming())
     requested = Requested(short_side=short_side, mode=mode, naming=naming,
@@ -53,8 +54,8 @@ def benchmark_settings(
                           dataset_threshold=getattr(dataset, "background_threshold", None) if default else None,
                           background=dataset.has_background and background_threshold is not None)  # fmt: skip
     sources = {"no_background": f"dataset {dataset.name} (no background class)" if default else "the caller",
-               **(sources or {})}  # fmt: skip
-    return resolve_settings(protocol, model.config, requested, sources=sources)
+               "classes": f"dataset {dataset.name}", **(sources or {})}  # fmt: skip
+    return resolve_settings(protocol, model.config, requested, dataset.class_names, sources)
 
 
 def _rank_world() -> tuple[int, int]:
