@@ -37,6 +37,7 @@ from .checks import (
 )
 from .config import GROUPING_INITS, list_presets
 from .errors import describe, exit_code
+from .evaluation.datasets import DATASETS, convert_coco_object
 from .export import MAX_OPSET, OPSET, export_onnx
 from .factory import ModelChoice, convert_model, describe_model
 from .image import MAX_PIXELS
@@ -134,8 +135,6 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _convert_coco_object(args: argparse.Namespace) -> None:
-    from .evaluation.datasets import convert_coco_object
-
     output_dir(args.out)
     written = convert_coco_object(args.stuff_root, args.out, split=args.split, image_dir=args.images)
     print(f"wrote {written} COCO-Object label maps under {Path(args.out) / 'annotations' / args.split}")
@@ -404,8 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_prepare_nouns)
 
     p = sub.add_parser("eval", help="zero-shot segmentation mIoU on a standard benchmark (spec 5)")
-    benchmarks = ["voc", "context", "coco_object", "voc20", "context59", "ade20k", "cityscapes", "synthvoc", "imagenet"]
-    p.add_argument("--dataset", required=True, choices=benchmarks)
+    p.add_argument("--dataset", required=True, choices=[*DATASETS, "imagenet"])
     p.add_argument("--root", required=True, help="the dataset folder, e.g. VOCdevkit/VOC2012 or imagenet/val")
     p.add_argument("--split", default="val")
     _add_test_size_options(p)

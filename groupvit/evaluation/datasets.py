@@ -15,7 +15,7 @@ Images are decoded as stored (no EXIF rotation), so they stay pixel-aligned with
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,9 +86,6 @@ CITYSCAPES_CLASSES: tuple[str, ...] = (
     "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )  # fmt: skip
 
-DATASETS: tuple[str, ...] = ("voc", "context", "coco_object", "voc20", "context59", "ade20k", "cityscapes", "synthvoc")
-
-# The configs' background thresholds (spec 5.3); datasets without a background class have none.
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -305,6 +302,47 @@ def _cityscapes(root: Path, split: str) -> list[tuple[str, Path, Path]]:
     return samples
 
 
+def _voc(root: Path, split: str) -> list[tuple[str, Path, Path]]:
+    return _voc_like(root, split, "Segmentation", "SegmentationClass", "VOCdevkit/VOC2012")
+
+
+def _context(root: Path, split: str) -> list[tuple[str, Path, Path]]:
+    return _voc_like(root, split, "SegmentationContext", "SegmentationClassContext", "VOCdevkit/VOC2010")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What `load_dataset` knows of one benchmark: a new one is a row of BENCHMARKS (and, for a new layout, its
+    samples function beside those above; for a background class, its threshold in settings.BACKGROUND_THRESHOLDS).
+
+    samples: (root, split) -> [(image id, image path, label path)], checking the layout.
+    classes: the class names, label 1 first with a background class (else label 0), or a function of the root.
+    raw_classes: the label values the files hold besides 255 (None: one per class plus background).
+    background: the BACKGROUND_THRESHOLDS entry of its background class (None: no background class).
+    zero_ignored: raw 0 is background or unlabelled and is ignored, the classes being 1..raw_classes - 1.
+    """
+
+    samples: Callable[[Path, str], list[tuple[str, Path, Path]]]
+    classes: Sequence[str] | Callable[[Path], list[str]]
+    raw_classes: int | None
+    background: str | None = None
+    zero_ignored: bool = False
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "voc": Benchmark(_voc, VOC_CLASSES, 21, background="voc"),
+    "context": Benchmark(_context, CONTEXT_CLASSES, 60, background="context"),
+    "coco_object": Benchmark(_coco_object, COCO_OBJECT_CLASSES, 81, background="coco_object"),
+    "voc20": Benchmark(_voc, VOC_CLASSES, 21, zero_ignored=True),
+    "context59": Benchmark(_context, CONTEXT_CLASSES, 60, zero_ignored=True),
+    "ade20k": Benchmark(_ade20k, ADE20K_CLASSES, 151, zero_ignored=True),
+    "cityscapes": Benchmark(_cityscapes, CITYSCAPES_CLASSES, 19),
+    # A SynthVOC folder of any vocabulary (groupvit.data.synthvoc): VOC's, or its own; scored at VOC's threshold.
+    "synthvoc": Benchmark(_voc, _synthvoc_classes, None, background="voc"),
+}
+DATASETS: tuple[str, ...] = tuple(BENCHMARKS)
+
+
 def load_dataset(name: str, root: str | Path, split: str = "val") -> SegmentationDataset:
     """One of DATASETS from its standard layout under `root` (ValueError naming what is missing otherwise).
 
@@ -313,35 +351,18 @@ def load_dataset(name: str, root: str | Path, split: str = "val") -> Segmentatio
     `images/` and `annotations/` (coco_object), `ADEChallengeData2016` (ade20k) or `cityscapes` (cityscapes).
     split: the split file name for VOC/Context (`val`, `train`, ...); `val`/`train` map to `val2017`/`train2017`
     for COCO and to `validation`/`training` for ADE20K."""
-    root = Path(root).expanduser()
-    if name in ("voc", "voc20"):
-        samples = _voc_like(root, split, "Segmentation", "SegmentationClass", "VOCdevkit/VOC2012")
-        raw_classes, classes = 21, VOC_CLASSES
-    elif name == "synthvoc":  # a SynthVOC folder of any vocabulary (groupvit.data.synthvoc): VOC's, or its own
-        samples = _voc_like(root, split, "Segmentation", "SegmentationClass", "VOCdevkit/VOC2012")
-        classes = _synthvoc_classes(root)
-        raw_classes = len(classes) + 1
-    elif name in ("context", "context59"):
-        samples = _voc_like(root, split, "SegmentationContext", "SegmentationClassContext", "VOCdevkit/VOC2010")
-        raw_classes, classes = 60, CONTEXT_CLASSES
-    elif name == "coco_object":
-        samples, raw_classes, classes = _coco_object(root, split), 81, COCO_OBJECT_CLASSES
-    elif name == "ade20k":
-        samples, raw_classes, classes = _ade20k(root, split), 151, ADE20K_CLASSES
-    elif name == "cityscapes":
-        samples, raw_classes, classes = _cityscapes(root, split), 19, CITYSCAPES_CLASSES
-    else:
+    if name not in BENCHMARKS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    has_background = name in BACKGROUND_THRESHOLDS or name == "synthvoc"
-    if has_background or name == "cityscapes":
-        lookup = _identity_lookup(raw_classes)
-    else:  # voc20, context59, ade20k: raw 0 is background/unlabelled and is ignored
-        lookup = _zero_ignored_lookup(raw_classes)
+    benchmark, root = BENCHMARKS[name], Path(root).expanduser()
+    samples = benchmark.samples(root, split)
+    classes = benchmark.classes(root) if callable(benchmark.classes) else benchmark.classes
+    raw_classes = benchmark.raw_classes or len(classes) + 1
+    lookup = _zero_ignored_lookup(raw_classes) if benchmark.zero_ignored else _identity_lookup(raw_classes)
     return SegmentationDataset(
         name=name,
         class_names=list(classes),
-        has_background=has_background,
-        background_threshold=BACKGROUND_THRESHOLDS.get("voc" if name == "synthvoc" else name),
+        has_background=benchmark.background is not None,
+        background_threshold=BACKGROUND_THRESHOLDS.get(benchmark.background),
         root=root,
         split=split,
         samples=samples,

@@ -317,14 +317,36 @@ def build_model(cfg: TrainConfig, state: dict | None, verbose: bool = True) -> t
     return model, None
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
-    """Train GroupViT as `cfg` says, writing checkpoints, TensorBoard logs and the final weights to `out`."""
+@dataclasses.dataclass
+class Run:
+    """A training run as `start_run` sets it up: where it is (step, training seconds) and what it steps with."""
+
+    cfg: TrainConfig
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    model: GroupViT
+    optimizer: torch.optim.Optimizer
+    step: int
+    train_seconds: float
+    lr_scale: float  # global batch / reference batch
+    autocast: AbstractContextManager
+    writer: object | None  # TensorBoard's SummaryWriter, on rank 0 only
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_run(cfg: TrainConfig, out: Path, resume: bool) -> Run:
+    """Check the config and data, set up the processes, the model (fresh, from `init`, or resumed), the optimiser,
+    the run folder and TensorBoard."""
     if not cfg.data:
         raise ValueError("no training data: set data to webdataset shards (a/{000..009}.tar) or a CSV/TSV file")
     if cfg.eval_every and not cfg.eval_root:
         raise ValueError("eval_every is set but eval_root is empty: point it at e.g. VOCdevkit/VOC2012")
     check_training_data(cfg.data)
-    out = Path(out)
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
@@ -353,112 +375,143 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
         for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
             (out / name).unlink(missing_ok=True)
     global_batch = cfg.batch_size * world * cfg.accum_steps
-    lr_scale = global_batch / cfg.reference_batch
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    main = rank == 0
     writer = None
-    if main:
+    if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "train_config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
         writer = SummaryWriter(out / "tensorboard")
-    batches = forever(build_loader(cfg, rank, world, start_step))
+    return Run(cfg, out, rank, world, device, model, optimizer, start_step, train_seconds,
+               global_batch / cfg.reference_batch, autocast, writer)  # fmt: skip
+
+
+def next_micro_batches(run: Run, batches, skipped_by_worker: dict[int, int]) -> list[MicroBatch]:
+    """This rank's micro-batches of the step, on the device, each row with its noise seed; the loader's counts of
+    broken samples it skipped go into `skipped_by_worker`."""
+    cfg, micro_batches = run.cfg, []
+    for micro in range(cfg.accum_steps):
+        images, texts, keys, skipped = next(batches)
+        if isinstance(skipped, dict):  # webdataset workers report their running counts
+            skipped_by_worker[skipped.pop("worker")] = sum(skipped.values())
+        else:
+            skipped_by_worker[0] = skipped_by_worker.get(0, 0) + skipped
+        # Noise per sample from its position in the step's global batch: the same however the batch is split.
+        positions = torch.tensor(batch_positions(run.step, micro, cfg.batch_size, cfg.accum_steps, run.rank, run.world))
+        seeds = row_seeds(cfg.seed, run.step, positions[: images.shape[0]]).to(run.device)
+        images, texts, keys = (t.to(run.device, non_blocking=True) for t in (images, texts, keys))
+        micro_batches.append((images, texts, keys, seeds))
+    return micro_batches
+
+
+def optimizer_step(
+    run: Run, micro_batches: list[MicroBatch], deep_noun_weight: float
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One step: the whole batch's gradients (`train_step`, stopping every rank on a non-finite loss), clipped,
+    applied. Returns the (image-text, multi-label) losses and the gradient norm before clipping."""
+    stop = functools.partial(stop_if_not_finite, step=run.step, checkpoint=run.out / CHECKPOINT)
+    itc, ml = train_step(run.model, micro_batches, run.cfg, deep_noun_weight, run.autocast, stop)
+    grad_norm = nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return itc, ml, grad_norm
+
+
+def log_step(run: Run, itc: torch.Tensor, ml: torch.Tensor | None, lr: float, grad_norm: torch.Tensor, rate: float,
+             skipped: int) -> str:  # fmt: skip
+    """The step's losses and rates to TensorBoard; returns them for the progress bar."""
+    loss = itc + (ml if ml is not None else 0.0)
+    scalars = {
+        "loss/total": loss.item(),
+        "loss/image_text": itc.item(),
+        "lr": lr,
+        "grad_norm": grad_norm.item(),
+        "logit_scale": run.model.logit_scale_value().item(),
+        "images_per_second": rate,
+        "skipped_samples": skipped,
+    }
+    if ml is not None:
+        scalars["loss/multi_label"] = ml.item()
+        scalars["multi_label_logit_scale"] = run.model.multi_label_logit_scale.exp().clamp(max=100).item()
+    for key, value in scalars.items():
+        run.writer.add_scalar(key, value, run.step)
+    return f", loss {loss.item():.3f}, lr {lr:.2e}"
+
+
+def eval_hook(run: Run, seen: int) -> dict:
+    """`evaluate` at this step, logged to TensorBoard and the console by rank 0; returns the curve's point."""
+    result = evaluate(run.model, run.cfg)
+    recognition = result["recognition"]["pooled"]  # None when no eval image holds an object class
+    similar = result["prompt_similarity"]
+    done, minutes = run.step, run.train_seconds / 60
+    if run.main:
+        run.writer.add_scalar("eval/miou", result["miou"], done)
+        run.writer.add_scalar("eval/groups_in_use", result["groups_in_use"], done)
+        run.writer.add_scalar("eval/prompt_cosine_mean", similar["mean"], done)
+        run.writer.add_scalar("eval/prompt_cosine_max", similar["max"], done)
+        if recognition is not None:
+            run.writer.add_scalar("eval/recognition", recognition, done)
+        named = "n/a (no object class)" if recognition is None else f"{recognition:.1f} %"
+        tqdm.write(f"step {done} ({minutes:.1f} min): {run.cfg.eval_dataset} mIoU {result['miou']:.2f}, groups in "
+                   f"use {result['groups_in_use']:.2f}, recognition {named}")  # fmt: skip
+    return {"step": done, "minutes": minutes, "images_seen": seen, "miou": result["miou"],
+            "groups_in_use": result["groups_in_use"], "recognition": recognition,
+            "prompt_cosine_mean": similar["mean"], "prompt_cosine_max": similar["max"]}  # fmt: skip
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict:
+    """Train GroupViT as `cfg` says, writing checkpoints, TensorBoard logs and the final weights to `out`."""
+    run = start_run(cfg, Path(out), resume)
+    batches = forever(build_loader(cfg, run.rank, run.world, run.step))
     skipped_by_worker: dict[int, int] = {}
     budget = cfg.minutes * 60
     # Under a time budget the bar fills with training seconds (evaluation pauses the clock), and its line says the
     # steps, images/s and training time left; under a step budget it counts steps.
-    bar = tqdm(total=round(budget) if budget else cfg.steps, initial=min(round(train_seconds), round(budget)) if budget
-               else start_step, disable=not main, dynamic_ncols=True, desc="train", unit="step",
+    bar = tqdm(total=round(budget) if budget else cfg.steps, initial=min(round(run.train_seconds), round(budget))
+               if budget else run.step, disable=not run.main, dynamic_ncols=True, desc="train", unit="step",
                bar_format="train {percentage:3.0f}%|{bar}| {desc}" if budget else None)  # fmt: skip
     logged = ""
-    model.train()
+    run.model.train()
     seen, history = 0, []
-    step = start_step
-    while (train_seconds < budget) if budget else (step < cfg.steps):
+    while (run.train_seconds < budget) if budget else (run.step < cfg.steps):
         tic = time.perf_counter()
-        progress = train_seconds / budget if budget else step / cfg.steps  # share of the run done
-        lr = learning_rate(cfg.steps * progress, cfg, lr_scale)
+        progress = run.train_seconds / budget if budget else run.step / cfg.steps  # share of the run done
+        lr = learning_rate(cfg.steps * progress, cfg, run.lr_scale)
         deep_weight = cfg.deep_noun_loss * ((1 - progress) if cfg.deep_noun_decay else 1.0)
-        set_learning_rate(optimizer, lr)
-        micro_batches = []
-        for micro in range(cfg.accum_steps):
-            images, texts, keys, skipped = next(batches)
-            if isinstance(skipped, dict):  # webdataset workers report their running counts
-                skipped_by_worker[skipped.pop("worker")] = sum(skipped.values())
-            else:
-                skipped_by_worker[0] = skipped_by_worker.get(0, 0) + skipped
-            # Noise per sample from its position in the step's global batch: the same however the batch is split.
-            positions = torch.tensor(batch_positions(step, micro, cfg.batch_size, cfg.accum_steps, rank, world))
-            seeds = row_seeds(cfg.seed, step, positions[: images.shape[0]]).to(device)
-            images, texts, keys = (t.to(device, non_blocking=True) for t in (images, texts, keys))
-            micro_batches.append((images, texts, keys, seeds))
-            seen += images.shape[0] * world
-
-        stop = functools.partial(stop_if_not_finite, step=step, checkpoint=out / CHECKPOINT)
-        itc, ml = train_step(model, micro_batches, cfg, deep_weight, autocast, stop)
-        loss = itc + (ml if ml is not None else 0.0)
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        set_learning_rate(run.optimizer, lr)
+        micro_batches = next_micro_batches(run, batches, skipped_by_worker)
+        seen += sum(batch[0].shape[0] for batch in micro_batches) * run.world
+        itc, ml, grad_norm = optimizer_step(run, micro_batches, deep_weight)
         elapsed = time.perf_counter() - tic
-        if world > 1 and budget:  # every rank must agree on when the budget is spent
+        if run.world > 1 and budget:  # every rank must agree on when the budget is spent
             elapsed_t = torch.tensor(elapsed, dtype=torch.float64)
             dist.all_reduce(elapsed_t, op=dist.ReduceOp.MAX)
             elapsed = elapsed_t.item()
-        train_seconds += elapsed
-        step = done = step + 1
-        left = f", {int(budget - train_seconds) // 60}:{int(budget - train_seconds) % 60:02d} left" if budget else ""
+        run.train_seconds += elapsed
+        run.step = done = run.step + 1
+        remaining = int(budget - run.train_seconds)
+        left = f", {remaining // 60}:{remaining % 60:02d} left" if budget else ""
         counted = f"step {done}, " if budget else ""  # a step budget's bar counts the steps itself
-        status = f"{counted}{seen / max(train_seconds, 1e-9):.0f} img/s{left}{logged}"
+        status = f"{counted}{seen / max(run.train_seconds, 1e-9):.0f} img/s{left}{logged}"
         (bar.set_description_str if budget else bar.set_postfix_str)(status, refresh=False)
-        bar.update(min(round(train_seconds), bar.total) - bar.n if budget else 1)
-        last = (train_seconds >= budget) if budget else (done == cfg.steps)
-        if main and (done % cfg.log_every == 0 or last):
-            rate = seen / max(train_seconds, 1e-9)
-            scalars = {
-                "loss/total": loss.item(),
-                "loss/image_text": itc.item(),
-                "lr": lr,
-                "grad_norm": grad_norm.item(),
-                "logit_scale": model.logit_scale_value().item(),
-                "images_per_second": rate,
-                "skipped_samples": sum(skipped_by_worker.values()),
-            }
-            if ml is not None:
-                scalars["loss/multi_label"] = ml.item()
-                scalars["multi_label_logit_scale"] = model.multi_label_logit_scale.exp().clamp(max=100).item()
-            for key, value in scalars.items():
-                writer.add_scalar(key, value, done)
-            logged = f", loss {loss.item():.3f}, lr {lr:.2e}"
+        bar.update(min(round(run.train_seconds), bar.total) - bar.n if budget else 1)
+        last = (run.train_seconds >= budget) if budget else (done == cfg.steps)
+        if run.main and (done % cfg.log_every == 0 or last):
+            rate = seen / max(run.train_seconds, 1e-9)
+            logged = log_step(run, itc, ml, lr, grad_norm, rate, sum(skipped_by_worker.values()))
         if cfg.eval_every and (done % cfg.eval_every == 0 or last):
-            result = evaluate(model, cfg)
-            recognition = result["recognition"]["pooled"]  # None when no eval image holds an object class
-            similar = result["prompt_similarity"]
-            history.append({"step": done, "minutes": train_seconds / 60, "images_seen": seen, "miou": result["miou"],
-                            "groups_in_use": result["groups_in_use"], "recognition": recognition,
-                            "prompt_cosine_mean": similar["mean"], "prompt_cosine_max": similar["max"]})  # fmt: skip
-            if main:
-                writer.add_scalar("eval/miou", result["miou"], done)
-                writer.add_scalar("eval/groups_in_use", result["groups_in_use"], done)
-                writer.add_scalar("eval/prompt_cosine_mean", similar["mean"], done)
-                writer.add_scalar("eval/prompt_cosine_max", similar["max"], done)
-                if recognition is not None:
-                    writer.add_scalar("eval/recognition", recognition, done)
-                named = "n/a (no object class)" if recognition is None else f"{recognition:.1f} %"
-                tqdm.write(f"step {done} ({train_seconds / 60:.1f} min): {cfg.eval_dataset} mIoU "
-                           f"{result['miou']:.2f}, groups in use {result['groups_in_use']:.2f}, "
-                           f"recognition {named}")  # fmt: skip
+            history.append(eval_hook(run, seen))
         if done % cfg.save_every == 0 or last:
-            save_checkpoint(out / CHECKPOINT, model, optimizer, done, cfg, world, train_seconds)
+            save_checkpoint(run.out / CHECKPOINT, run.model, run.optimizer, done, cfg, run.world, run.train_seconds)
     bar.close()
-    if main:
-        save_model(model.eval(), out / "model.safetensors")
-        writer.close()
-    if world > 1:
+    if run.main:
+        save_model(run.model.eval(), run.out / "model.safetensors")
+        run.writer.close()
+    if run.world > 1:
         dist.destroy_process_group()
-    return {"steps": step, "minutes": train_seconds / 60, "skipped_samples": sum(skipped_by_worker.values()),
+    return {"steps": run.step, "minutes": run.train_seconds / 60, "skipped_samples": sum(skipped_by_worker.values()),
             "images_seen": seen, "eval_history": history}  # fmt: skip
 
 
