@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import cli_options
 from .checks import (
     MAX_COUNT,
     MAX_CROP_BATCH,
@@ -39,9 +40,8 @@ from .config import GROUPING_INITS, list_presets
 from .errors import describe, exit_code
 from .evaluation.datasets import DATASETS, convert_coco_object
 from .export import MAX_OPSET, OPSET, export_onnx
-from .factory import ModelChoice, convert_model, describe_model
+from .factory import convert_model, describe_model
 from .image import MAX_PIXELS
-from .naming import naming_from_options
 from .predict import classify_files, segment_files, segment_targets
 from .pretrained import download_report, table
 from .runtime import EXPORT_FILES
@@ -67,23 +67,11 @@ def _info(args: argparse.Namespace) -> None:
     print(describe_model(args.checkpoint or args.model, preset=args.preset, source=args.source))
 
 
-def _model(args: argparse.Namespace) -> ModelChoice:
-    """The model options (`_add_model_options`) as groupvit.factory.ModelChoice."""
-    return ModelChoice(args.checkpoint, args.random_init, args.device, args.source, args.compile, args.fp16, args.bf16,
-                       args.command)  # fmt: skip
-
-
-def _naming(args: argparse.Namespace):
-    """The naming options (`_add_naming_options`) as groupvit.naming.Naming."""
-    return naming_from_options(args.background_words, args.background_thresholds, args.min_area, args.top_k,
-                               args.gate, args.hierarchical)  # fmt: skip
-
-
 def _segment(args: argparse.Namespace) -> int:
     class_names = None if args.classes is None else check_class_names(args.classes)
-    naming = _naming(args)
+    naming = cli_options.naming(args)
     images, out = segment_targets(args.images, args.out, args.overwrite)
-    model = _model(args)
+    model = cli_options.model_choice(args)
     requested = Requested(short_side=args.short_side, mode=args.mode, background_threshold=args.background_threshold,
                           dataset=args.dataset, background=not args.no_background, naming=naming)  # fmt: skip
     failures = segment_files(model.load(), images, out, class_names, requested, templates=args.templates,
@@ -95,7 +83,7 @@ def _segment(args: argparse.Namespace) -> int:
 def _classify(args: argparse.Namespace) -> int:
     given = None if args.classes is None else check_class_names(args.classes, unique=False, limit=MAX_CLASSES)
     images = input_files(args.images)
-    failures = classify_files(_model(args).load(), images, given, templates=args.templates,
+    failures = classify_files(cli_options.model_choice(args).load(), images, given, templates=args.templates,
                               short_side=args.short_side, top=args.top)  # fmt: skip
     return 1 if failures else 0
 
@@ -125,8 +113,9 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.out:
         output_file(args.out, overwrite=args.overwrite)
-    naming = None if args.dataset == "imagenet" else _naming(args)
-    evaluate_benchmark(_model(args), args.dataset, args.root, split=args.split, out=args.out, templates=args.templates,
+    naming = None if args.dataset == "imagenet" else cli_options.naming(args)
+    model = cli_options.model_choice(args)
+    evaluate_benchmark(model, args.dataset, args.root, split=args.split, out=args.out, templates=args.templates,
                        background_threshold=args.background_threshold, naming=naming,
                        calibrate_background=args.calibrate_background, calibration_split=args.calibration_split,
                        calibration_grid=args.calibration_grid, per_class_thresholds=args.per_class_thresholds,
@@ -177,68 +166,6 @@ def _demo(args: argparse.Namespace) -> None:
 DEBUG_HELP = "show the traceback of an error (also GROUPVIT_DEBUG=1)"
 EXIT_CODES = ("exit codes: 0 done; 1 bad data (some inputs skipped or none usable) or a failed run; "
               "2 a usage error (options, paths, configs, checkpoints, outputs), reported before any work")  # fmt: skip
-
-
-CHECKPOINT_HELP = ("weights by name: synthvoc (shipped in the package: SynthVOC scenes, not photographs), gcc_yfcc, "
-                   "gcc_redcaps (NVIDIA's, non-commercial licence; downloaded once, `groupvit list`), NAME@nvlabs, "
-                   "hf-hub:ORG/REPO[@REV]; or an NVlabs .pth, a transformers folder or our .safetensors")  # fmt: skip
-SOURCE_HELP = ("where released weights come from: hf (the Hugging Face Hub) or nvlabs (the release .pth, which keeps "
-               "the multi-label temperature); default: hf, then nvlabs")  # fmt: skip
-
-
-def _add_source_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", choices=["hf", "nvlabs"], help=SOURCE_HELP)
-
-
-def _add_weights_options(p: argparse.ArgumentParser, checkpoint_help: str = CHECKPOINT_HELP) -> None:
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", help=checkpoint_help)
-    presets = list_presets()
-    weights.add_argument("--random-init", metavar="PRESET", choices=presets,
-                         help=f"untrained random weights of a preset architecture: {', '.join(presets)}")  # fmt: skip
-    _add_source_option(p)
-
-
-def _add_naming_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("naming variants", "how groups become classes or background, beyond the official "
-                             "threshold (groupvit.naming; results are labelled a protocol variant)")  # fmt: skip
-    g.add_argument("--background-words", metavar="voc|car|none|W1,W2|FILE",
-                   help="stuff words scored with the classes; a pixel won by one is background: voc (SCLIP and "
-                   "NACLIP's 26), car (CaR's 23), your own comma-separated, or a file of them; combines with the "
-                   "threshold (--no-background for words alone)")  # fmt: skip
-    g.add_argument("--min-area", type=unit_float, default=0.0, metavar="SHARE",
-                   help="a class covering at most this share of an image's predicted foreground becomes background "
-                   "(SCLIP's area_thd, 0.1 for VOC; default 0: off)")  # fmt: skip
-    g.add_argument("--background-thresholds", metavar="FILE",
-                   help="one threshold per class instead of one for all: JSON {class: threshold}, or the JSON of "
-                   "`groupvit eval --calibrate-background N --per-class-thresholds`")  # fmt: skip
-    g.add_argument("--top-k", type=at_most(MAX_SEGMENT_CLASSES), default=5, metavar="K",
-                   help="groups may only take the image's K best classes by pooled score (official: 5; a K of at "
-                   "least the class count keeps every class)")  # fmt: skip
-    g.add_argument("--gate", type=unit_float, metavar="P",
-                   help="... and only classes with a pooled probability of at least P (the image's best "
-                   "always)")  # fmt: skip
-    g.add_argument("--hierarchical", type=unit_float, metavar="SCORE",
-                   help="name the members (previous-stage groups) of a final group whose members name different "
-                   "classes with at least this score: more classes than final groups")  # fmt: skip
-
-
-def _add_test_size_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=["slide", "whole"],
-                   help="slide (crops at a stride: the official protocol) or whole (one pass); default: the model's "
-                   "test setting")  # fmt: skip
-    p.add_argument("--short-side", type=at_most(MAX_SHORT_SIDE), metavar="N",
-                   help="resize images to this short side (default: the model's test setting: 448 for the released "
-                   "224-pixel models, the training size of SynthVOC models)")  # fmt: skip
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    _add_weights_options(p)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    precision = p.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", action="store_true", help="float16 autocast (GPU)")
-    precision.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU, or CPUs with AVX512-BF16/AMX)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the encoders (slow first call; helps on GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert an NVlabs .pth or transformers folder to another layout")
     p.add_argument("src", help="NVlabs .pth, transformers directory, our .safetensors, or released weights by name "
                    "(gcc_yfcc, gcc_redcaps, NAME@nvlabs, hf-hub:ORG/REPO)")  # fmt: skip
-    _add_source_option(p)
+    cli_options.add_source_option(p)
     p.add_argument("dst", help="output path (.safetensors for ours, a directory for hf, .pth for nvlabs)")
     p.add_argument("--to", choices=["groupvit", "hf", "nvlabs"], default="groupvit", help="output layout")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
@@ -328,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(docs/deployment.md)")  # fmt: skip
     p.add_argument("weights", help="anything --checkpoint takes: synthvoc, gcc_yfcc, a .safetensors, an NVlabs .pth "
                    "or a transformers folder")  # fmt: skip
-    _add_source_option(p)
+    cli_options.add_source_option(p)
     p.add_argument("--format", choices=["onnx"], default="onnx", help="output format (default: onnx)")
     p.add_argument("--out", required=True, help="folder for vision.onnx, text.onnx and groupvit.json")
     p.add_argument("--opset", type=at_most(MAX_OPSET, least=OPSET), help=f"ONNX opset (default: {OPSET})")
@@ -341,16 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("model", nargs="?", help="weights, as --checkpoint takes them (synthvoc: the shipped model), "
                       "or a model YAML config")  # fmt: skip
-    what.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    what.add_argument("--checkpoint", help=cli_options.CHECKPOINT_HELP)
     what.add_argument("--preset", help=f"an architecture with untrained weights, nothing downloaded: a preset "
                       f"({', '.join(list_presets())}) or a model YAML config")  # fmt: skip
-    _add_source_option(p)
+    cli_options.add_source_option(p)
     p.set_defaults(run=_info)
 
     p = sub.add_parser("download", help="fetch released weights into the cache ahead of time and print where")
     p.add_argument("name", help="gcc_yfcc or gcc_redcaps (NVIDIA's, non-commercial licence), NAME@nvlabs, or "
                    "hf-hub:ORG/REPO[@REV]")  # fmt: skip
-    _add_source_option(p)
+    cli_options.add_source_option(p)
     p.set_defaults(run=_download)
 
     p = sub.add_parser("list", help="released weights: names, sources, sizes, licences, and which are cached")
@@ -363,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "records, as the shipped synthvoc does)")  # fmt: skip
     p.add_argument("--out", default="segment_out", help="output folder (default: segment_out)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out (default: refuse)")
-    _add_test_size_options(p)
+    cli_options.add_test_size_options(p)
     bg = p.add_mutually_exclusive_group()
     bg.add_argument("--background-threshold", type=unit_float,
                     help="background below this score, 0-1 (default: --dataset's, else the model's: VOC's 0.95 "
@@ -374,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--templates", default="simple", choices=["simple", "subset", "full"])
     p.add_argument("--refine", choices=["pamr"], help="optional PAMR refinement (not the official protocol)")
     p.add_argument("--batch-size", type=at_most(MAX_CROP_BATCH), default=8, help="crops per encoder batch")
-    _add_naming_options(p)
-    _add_model_options(p)
+    cli_options.add_naming_options(p)
+    cli_options.add_model_options(p)
     p.set_defaults(run=_segment)
 
     p = sub.add_parser("train", help="train GroupViT on image-caption pairs (webdataset shards or CSV/TSV)")
@@ -383,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="shards like 'cc3m/{000000..000436}.tar' (several joined with ::) or a CSV/TSV")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.safetensors, tensorboard/")
     p.add_argument("--init", metavar="WEIGHTS",
-                   help="fine-tune: start from these weights (" + CHECKPOINT_HELP + "); the architecture comes from "
-                   "them; see docs/training.md for freeze and pretrained_lr_scale")  # fmt: skip
+                   help=f"fine-tune: start from these weights ({cli_options.CHECKPOINT_HELP}); the architecture comes "
+                   "from them; see docs/training.md for freeze and pretrained_lr_scale")  # fmt: skip
     p.add_argument("--steps", type=at_most(MAX_COUNT))
     p.add_argument("--batch-size", type=at_most(MAX_TRAIN_BATCH), dest="batch_size", help="per process")
     p.add_argument("--save-every", type=at_most(MAX_COUNT), dest="save_every")
@@ -406,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=[*DATASETS, "imagenet"])
     p.add_argument("--root", required=True, help="the dataset folder, e.g. VOCdevkit/VOC2012 or imagenet/val")
     p.add_argument("--split", default="val")
-    _add_test_size_options(p)
+    cli_options.add_test_size_options(p)
     p.add_argument("--limit", type=at_most(MAX_COUNT), help="only the first N images")
     p.add_argument("--out", help="write the results as JSON (miou, pixel_accuracy, per_class in percent)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (default: refuse)")
@@ -427,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--templates", choices=["simple", "subset", "full"],
                    help="prompt templates (default: simple for segmentation, subset for imagenet)")  # fmt: skip
     p.add_argument("--batch-size", type=at_most(MAX_CROP_BATCH), default=8, help="crops per encoder batch")
-    _add_naming_options(p)
-    _add_model_options(p)
+    cli_options.add_naming_options(p)
+    cli_options.add_model_options(p)
     p.set_defaults(run=_eval)
 
     p = sub.add_parser("convert-coco-object", help="make COCO-Object labels from COCO-Stuff-164k (spec 5.4)")
@@ -447,11 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=at_most(MAX_SHORT_SIDE), metavar="N",
                    help="resize images to this short side, then centre-crop the model's training size (default: "
                    "256 for the released 224-pixel models, as the protocol; 256/224 of the training size)")  # fmt: skip
-    _add_model_options(p)
+    cli_options.add_model_options(p)
     p.set_defaults(run=_classify)
 
     p = sub.add_parser("app", help="a web page (Gradio) to segment photos into any words and see the groups")
-    _add_weights_options(p, CHECKPOINT_HELP + " (default: synthvoc, the small model shipped in "
+    cli_options.add_weights_options(p, cli_options.CHECKPOINT_HELP + " (default: synthvoc, the small model shipped in "
                          "the package, trained on SynthVOC scenes)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=port, default=7860)
