@@ -373,11 +373,11 @@ def run_demo(options: DemoOptions) -> dict:
     result["report_grid"] = write_report(model, val, scenes, result, out, result["background_threshold"], size,
                                          shipped=grid_before[0], shipped_title=grid_before[1])  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2))
-    print(summary(result, out))
+    print(result_lines(result, out))
     return result
 
 
-def summary(result: dict, out: Path) -> str:
+def result_lines(result: dict, out: Path) -> str:
     """The lines `groupvit demo` ends with: the scores, the run's length and where the report is."""
     lines = []
     if "voc_miou" in result:

@@ -154,10 +154,10 @@ def classify_files(
     from .classification import ZeroShotClassifier
 
     run = resolve_settings(model.test_settings, model.config, classes=class_names, sources={"classes": "--classes"})
-    if class_names is None:
-        print(f"groupvit classify: the {len(run_classes(run.classes))} classes recorded with the model (--classes "
-              "changes them)", file=sys.stderr)  # fmt: skip
-    class_names = run_classes(run.classes)
+    given, class_names = class_names, run_classes(run.classes)
+    if given is None:
+        print(f"groupvit classify: the {len(class_names)} classes recorded with the model (--classes changes them)",
+              file=sys.stderr)  # fmt: skip
     classifier = ZeroShotClassifier(model, class_names, templates=templates, short_side=short_side)
     failures, noted = 0, []
     for path in images:
