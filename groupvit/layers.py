@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,19 +40,73 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+# Linear's oneDNN weights, kept outside the modules so that deepcopy, pickling and state dicts never see them
+# (oneDNN's packed tensors have no storage to copy): module -> (weight, its version, its data pointer, packed).
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _onednn_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether Linear may take its oneDNN path: float32 on the CPU with autograd off, outside autocast, tracing (the
+    ONNX export must see plain linear layers) and torch.compile (which does its own fusions)."""
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    )
+
+
+class Linear(nn.Linear):
+    """nn.Linear (the same parameters and state-dict keys) that can end with an exact GELU or a residual add.
+
+    For float32 inference on the CPU it runs oneDNN's matmul on a copy of the weight packed once into oneDNN's
+    blocked layout, with the bias and the GELU or the add fused into the product: plain `F.linear` copies the
+    broadcast bias into its output before the product and repacks the weight on every call, which at a few tokens
+    (the later stages, the grouping blocks, batch 1) costs as much as the product itself. Results equal `F.linear`
+    to float32 rounding (the sums run in another order). The packed copy doubles the memory of the weights used."""
+
+    def forward(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., in] -> x W^T + b [..., out], then either GELU (exact, `gelu`) or plus `residual` [..., out]."""
+        if gelu and residual is not None:
+            raise ValueError("Linear ends with a GELU or a residual add, not both")
+        if _onednn_inference(x, self.weight):
+            weight = self.packed_weight()
+            if residual is not None:
+                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, self.bias, "add")
+            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "gelu" if gelu else "none", [],
+                                                      "none" if gelu else "")  # fmt: skip
+        y = F.linear(x, self.weight, self.bias)
+        if gelu:
+            # Without autograd GELU runs in y's buffer: one [tokens, out] buffer fewer at the peak.
+            return F.gelu(y) if torch.is_grad_enabled() else torch.ops.aten.gelu_(y)
+        return y if residual is None else residual + y
+
+    def packed_weight(self) -> torch.Tensor:
+        """The weight in oneDNN's layout, packed again whenever the weight changes (an optimiser step, a load)."""
+        w = self.weight
+        cached = _PACKED.get(self)
+        if cached is None or cached[0] is not w or cached[1:3] != (w._version, w.data_ptr()):
+            cached = (w, w._version, w.data_ptr(), torch.ops.mkldnn._reorder_linear_weight(w.detach()))
+            _PACKED[self] = cached
+        return cached[3]
+
+
 class Mlp(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int | None = None, act_layer: type = nn.GELU) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.fc1 = Linear(in_dim, hidden_dim)
         self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_dim, out_dim or in_dim)
+        self.fc2 = Linear(hidden_dim, out_dim or in_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1(x)
-        if type(self.act) is nn.GELU and not torch.is_grad_enabled():
-            # No autograd to feed: GELU in fc1's output buffer, one [tokens, hidden] buffer fewer at the peak.
-            return self.fc2(torch.ops.aten.gelu_(x, approximate=self.act.approximate))
-        return self.fc2(self.act(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., in] -> fc2(act(fc1(x))) [..., out], plus `residual` if given."""
+        if type(self.act) is nn.GELU and self.act.approximate == "none":
+            return self.fc2(self.fc1(x, gelu=True), residual=residual)
+        return self.fc2(self.act(self.fc1(x)), residual=residual)
 
 
 class TokenMixerMlp(Mlp):
@@ -67,15 +123,16 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, N, C] -> attention output [B, N, C], plus `residual` if given."""
         B, N, C = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, N, Dh]
         x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, N, Dh]
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        return self.proj(x.transpose(1, 2).reshape(B, N, C), residual=residual)
 
 
 class CrossAttention(nn.Module):
@@ -85,10 +142,10 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.q_proj = Linear(dim, dim, bias=qkv_bias)
+        self.k_proj = Linear(dim, dim, bias=qkv_bias)
+        self.v_proj = Linear(dim, dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -123,5 +180,9 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x), causal=causal))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        if self.training:  # DropPath may drop a branch per sample
+            x = x + self.drop_path1(self.attn(self.norm1(x), causal=causal))
+            return x + self.drop_path2(self.mlp(self.norm2(x)))
+        # In eval DropPath is the identity: each residual add goes into its branch's last product (Linear).
+        x = self.attn(self.norm1(x), causal=causal, residual=x)
+        return self.mlp(self.norm2(x), residual=x)
