@@ -65,9 +65,10 @@ class Linear(nn.Linear):
 
     For float32 inference on the CPU it runs oneDNN's matmul on a copy of the weight packed once into oneDNN's
     blocked layout, with the bias and the GELU or the add fused into the product: plain `F.linear` copies the
-    broadcast bias into its output before the product and repacks the weight on every call, which at a few tokens
-    (the later stages, the grouping blocks, batch 1) costs as much as the product itself. Results equal `F.linear`
-    to float32 rounding (the sums run in another order). The packed copy doubles the memory of the weights used."""
+    broadcast bias into its output before the product, and MKL packs the weight anew on every call, which over a
+    few tokens (the later stages, the grouping blocks, batch 1) made the product up to 1.5x slower. Results equal
+    `F.linear` to float32 rounding (the sums run in another order). The packed copies double the memory of the
+    weights that run."""
 
     def forward(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., in] -> x W^T + b [..., out], then either GELU (exact, `gelu`) or plus `residual` [..., out]."""
@@ -81,7 +82,7 @@ class Linear(nn.Linear):
                                                       "none" if gelu else "")  # fmt: skip
         if x.ndim == 3 and torch.jit.is_tracing():
             # The ONNX exporter writes a 2-D linear as one Gemm, its bias inside, and a 3-D one as MatMul + Add:
-            # onnxruntime ran the Gemms of the image tower about 10% faster (docs/performance.md).
+            # onnxruntime ran the image tower 2-6% faster with Gemms (docs/performance.md).
             y = F.linear(x.flatten(0, 1), self.weight, self.bias).view(x.shape[0], -1, self.out_features)
         else:
             y = F.linear(x, self.weight, self.bias)
