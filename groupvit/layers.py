@@ -7,6 +7,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import sample_noise
 
@@ -41,17 +42,31 @@ class DropPath(nn.Module):
 
 
 # Linear's oneDNN weights, kept outside the modules so that deepcopy, pickling and state dicts never see them
-# (oneDNN's packed tensors have no storage to copy): module -> (weight, its version, its data pointer, packed).
+# (oneDNN's packed tensors have no storage to copy): module -> (key of the weight it was packed from, packed).
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# In-place updates bump a tensor's version, but fused optimisers (AdamW(fused=True), which `groupvit train` uses)
+# write the weights without bumping it: every optimiser step, counted here, also retires the packed copies.
+_optimizer_steps = 0
 
 
-def _onednn_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether Linear may take its oneDNN path: float32 on the CPU with autograd off, outside autocast, tracing (the
-    ONNX export must see plain linear layers) and torch.compile (which does its own fusions)."""
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+def _onednn_inference(layer: nn.Linear, x: torch.Tensor) -> bool:
+    """Whether Linear may take its oneDNN path: in eval mode (so that a training pass without autograd, as gradient
+    caching makes, computes exactly what the pass with autograd does), float32 on the CPU with autograd off, outside
+    autocast, tracing (the ONNX export must see plain linear layers) and torch.compile (which does its own
+    fusions)."""
     return (
-        not torch.is_grad_enabled()
+        not layer.training
+        and not torch.is_grad_enabled()
         and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
+        and x.dtype == layer.weight.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
@@ -63,18 +78,18 @@ def _onednn_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
 class Linear(nn.Linear):
     """nn.Linear (the same parameters and state-dict keys) that can end with an exact GELU or a residual add.
 
-    For float32 inference on the CPU it runs oneDNN's matmul on a copy of the weight packed once into oneDNN's
-    blocked layout, with the bias and the GELU or the add fused into the product: plain `F.linear` copies the
-    broadcast bias into its output before the product, and MKL packs the weight anew on every call, which over a
-    few tokens (the later stages, the grouping blocks, batch 1) made the product up to 1.5x slower. Results equal
-    `F.linear` to float32 rounding (the sums run in another order). The packed copies double the memory of the
-    weights that run."""
+    For float32 inference on the CPU (eval mode, autograd off) it runs oneDNN's matmul on a copy of the weight
+    packed once into oneDNN's blocked layout, with the bias and the GELU or the add fused into the product: plain
+    `F.linear` copies the broadcast bias into its output before the product, and MKL packs the weight anew on every
+    call, which over a few tokens (the later stages, the grouping blocks, batch 1) made the product up to 1.5x
+    slower. Results equal `F.linear` to float32 rounding (the sums run in another order). The packed copies double
+    the memory of the weights that run."""
 
     def forward(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., in] -> x W^T + b [..., out], then either GELU (exact, `gelu`) or plus `residual` [..., out]."""
         if gelu and residual is not None:
             raise ValueError("Linear ends with a GELU or a residual add, not both")
-        if _onednn_inference(x, self.weight):
+        if _onednn_inference(self, x):
             weight = self.packed_weight()
             if residual is not None:
                 return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, self.bias, "add")
@@ -92,13 +107,15 @@ class Linear(nn.Linear):
         return y if residual is None else residual + y
 
     def packed_weight(self) -> torch.Tensor:
-        """The weight in oneDNN's layout, packed again whenever the weight changes (an optimiser step, a load)."""
+        """The weight in oneDNN's layout, packed again whenever the weight may have changed: a new tensor or
+        storage, an in-place update (a load), any optimiser step. Writes through `weight.data` are not seen."""
         w = self.weight
+        key = (id(w), w.data_ptr(), w._version, _optimizer_steps)
         cached = _PACKED.get(self)
-        if cached is None or cached[0] is not w or cached[1:3] != (w._version, w.data_ptr()):
-            cached = (w, w._version, w.data_ptr(), torch.ops.mkldnn._reorder_linear_weight(w.detach()))
+        if cached is None or cached[0] != key:
+            cached = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach()))
             _PACKED[self] = cached
-        return cached[3]
+        return cached[1]
 
 
 class Mlp(nn.Module):
