@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import sample_noise
 
@@ -41,81 +38,18 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-# Linear's oneDNN weights, kept outside the modules so that deepcopy, pickling and state dicts never see them
-# (oneDNN's packed tensors have no storage to copy): module -> (key of the weight it was packed from, packed).
-_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# In-place updates bump a tensor's version, but fused optimisers (AdamW(fused=True), which `groupvit train` uses)
-# write the weights without bumping it: every optimiser step, counted here, also retires the packed copies.
-_optimizer_steps = 0
-
-
-def _count_optimizer_step(optimizer, args, kwargs) -> None:
-    global _optimizer_steps
-    _optimizer_steps += 1
-
-
-register_optimizer_step_post_hook(_count_optimizer_step)
-
-
-def _onednn_inference(layer: nn.Linear, x: torch.Tensor) -> bool:
-    """Whether Linear may take its oneDNN path: in eval mode (so that a training pass without autograd, as gradient
-    caching makes, computes exactly what the pass with autograd does), float32 on the CPU with autograd off, outside
-    autocast, tracing (the ONNX export must see plain linear layers) and torch.compile (which does its own
-    fusions)."""
-    return (
-        not layer.training
-        and not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dtype == layer.weight.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
-    )
-
-
 class Linear(nn.Linear):
-    """nn.Linear (the same parameters and state-dict keys) that can end with an exact GELU or a residual add.
+    """nn.Linear (the same parameters and state-dict keys) that the ONNX exporter writes as one Gemm.
 
-    For float32 inference on the CPU (eval mode, autograd off) it runs oneDNN's matmul on a copy of the weight
-    packed once into oneDNN's blocked layout, with the bias and the GELU or the add fused into the product: plain
-    `F.linear` copies the broadcast bias into its output before the product, and MKL packs the weight anew on every
-    call, which over a few tokens (the later stages, the grouping blocks, batch 1) made the product up to 1.5x
-    slower. Results equal `F.linear` to float32 rounding (the sums run in another order). The packed copies double
-    the memory of the weights that run."""
+    Traced, a linear layer on [B, N, C] becomes MatMul + Add, on [B*N, C] one Gemm with the bias inside:
+    onnxruntime ran the exported image tower 2-6 % faster with Gemms (docs/performance.md). Elsewhere plain
+    `F.linear`; outputs are bit-identical either way."""
 
-    def forward(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x [..., in] -> x W^T + b [..., out], then either GELU (exact, `gelu`) or plus `residual` [..., out]."""
-        if gelu and residual is not None:
-            raise ValueError("Linear ends with a GELU or a residual add, not both")
-        if _onednn_inference(self, x):
-            weight = self.packed_weight()
-            if residual is not None:
-                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, self.bias, "add")
-            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "gelu" if gelu else "none", [],
-                                                      "none" if gelu else "")  # fmt: skip
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> x W^T + b [..., out]."""
         if x.ndim == 3 and torch.jit.is_tracing():
-            # The ONNX exporter writes a 2-D linear as one Gemm, its bias inside, and a 3-D one as MatMul + Add:
-            # onnxruntime ran the image tower 2-6% faster with Gemms (docs/performance.md).
-            y = F.linear(x.flatten(0, 1), self.weight, self.bias).view(x.shape[0], -1, self.out_features)
-        else:
-            y = F.linear(x, self.weight, self.bias)
-        if gelu:
-            # Without autograd GELU runs in y's buffer: one [tokens, out] buffer fewer at the peak.
-            return F.gelu(y) if torch.is_grad_enabled() else torch.ops.aten.gelu_(y)
-        return y if residual is None else residual + y
-
-    def packed_weight(self) -> torch.Tensor:
-        """The weight in oneDNN's layout, packed again whenever the weight may have changed: a new tensor or
-        storage, an in-place update (a load), any optimiser step. Writes through `weight.data` are not seen."""
-        w = self.weight
-        key = (id(w), w.data_ptr(), w._version, _optimizer_steps)
-        cached = _PACKED.get(self)
-        if cached is None or cached[0] != key:
-            cached = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach()))
-            _PACKED[self] = cached
-        return cached[1]
+            return F.linear(x.flatten(0, 1), self.weight, self.bias).view(x.shape[0], -1, self.out_features)
+        return F.linear(x, self.weight, self.bias)
 
 
 class Mlp(nn.Module):
@@ -125,11 +59,12 @@ class Mlp(nn.Module):
         self.act = act_layer()
         self.fc2 = Linear(hidden_dim, out_dim or in_dim)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x [..., in] -> fc2(act(fc1(x))) [..., out], plus `residual` if given."""
-        if type(self.act) is nn.GELU and self.act.approximate == "none":
-            return self.fc2(self.fc1(x, gelu=True), residual=residual)
-        return self.fc2(self.act(self.fc1(x)), residual=residual)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        if type(self.act) is nn.GELU and not torch.is_grad_enabled():
+            # No autograd to feed: GELU in fc1's output buffer, one [tokens, hidden] buffer fewer at the peak.
+            return self.fc2(torch.ops.aten.gelu_(x, approximate=self.act.approximate))
+        return self.fc2(self.act(x))
 
 
 class TokenMixerMlp(Mlp):
@@ -149,13 +84,12 @@ class Attention(nn.Module):
         self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, causal: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, N, C] -> attention output [B, N, C], plus `residual` if given."""
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, N, Dh]
         x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, N, Dh]
-        return self.proj(x.transpose(1, 2).reshape(B, N, C), residual=residual)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
 class CrossAttention(nn.Module):
@@ -203,9 +137,5 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        if self.training:  # DropPath may drop a branch per sample
-            x = x + self.drop_path1(self.attn(self.norm1(x), causal=causal))
-            return x + self.drop_path2(self.mlp(self.norm2(x)))
-        # In eval DropPath is the identity: each residual add goes into its branch's last product (Linear).
-        x = self.attn(self.norm1(x), causal=causal, residual=x)
-        return self.mlp(self.norm2(x), residual=x)
+        x = x + self.drop_path1(self.attn(self.norm1(x), causal=causal))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
