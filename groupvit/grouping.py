@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from . import sample_noise
-from .layers import CrossAttention, Mlp, TokenMixerMlp
+from .layers import CrossAttention, Linear, Mlp, TokenMixerMlp
 
 
 def assign_tokens_to_groups(
@@ -54,10 +54,10 @@ class AssignAttention(nn.Module):
         self.scale = dim**-0.5
         self.hard, self.gumbel, self.tau, self.assign_eps = hard, gumbel, tau, assign_eps
         self.noise_key: int | None = None  # set by sample_noise.assign_noise_keys
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
+        self.q_proj = Linear(dim, dim)
+        self.k_proj = Linear(dim, dim)
+        self.v_proj = Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def forward(self, groups: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """groups [B, S, C], tokens [B, N, C] -> (segments [B, S, C], soft assignment [B, S, N])."""

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .config import GroupViTConfig
+from .layers import Linear
 from .sample_noise import assign_noise_keys
 from .settings import TestSettings
 from .text import TextEncoder
@@ -24,10 +25,10 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.fc1 = Linear(in_dim, hidden_dim)
         self.norm = nn.BatchNorm1d(hidden_dim)
         self.act = nn.ReLU()
-        self.fc2 = nn.Linear(hidden_dim, out_dim)
+        self.fc2 = Linear(hidden_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

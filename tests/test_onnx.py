@@ -262,6 +262,10 @@ def test_onnx_benchmark_quick(tmp_path):
     for row in rows:
         assert set(row["seconds"]) == {"ours", "ours onnx", "ours onnx int8", "theirs", "theirs onnx"}
         assert all(s > 0 for s in row["seconds"].values())
+        assert set(row["cpu_seconds"]) == set(row["seconds"]) and all(s > 0 for s in row["cpu_seconds"].values())
+        assert row["best_fp32_vs_theirs_cpu"] == pytest.approx(
+            row["cpu_seconds"]["theirs"] / min(row["cpu_seconds"]["ours"], row["cpu_seconds"]["ours onnx"])
+        )
 
 
 def test_classifier_and_app_run_on_the_export(small):
