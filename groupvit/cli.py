@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "hammer, guitar...; then VOC val and a 40-class split are scored too)")  # fmt: skip
     p.add_argument("--replay", type=share, metavar="SHARE",
                    help="with --vocabulary novel: the share of the training scenes taken from VOC, against "
-                   "forgetting (default 0.3)")  # fmt: skip
+                   "forgetting (default 0.5)")  # fmt: skip
     p.add_argument("--scenes-only", type=at_most(MAX_SCENES), metavar="N",
                    help="only write the first N validation scenes as PNGs (and captions.txt) to --out, to try "
                    "`groupvit segment --checkpoint synthvoc` on; no training")  # fmt: skip
