@@ -41,7 +41,7 @@ def usable_cores() -> int:
 # section, under the command line's key=value overrides.
 FINETUNE_TRAIN = {"lr": 3e-4, "warmup_lr": 3e-6, "warmup_steps": 20}
 # The share of VOC scenes among the training scenes of another vocabulary (`--replay`): at 3,000 steps 50 % keeps
-# VOC val at 21.6 mIoU (30 %: 18.7; none: 8.6) for 2 points of new-class mIoU (docs/research/finetune.md).
+# VOC val at 21.5 mIoU (30 %: 18.7; none: 8.6) for 2 points of new-class mIoU (docs/research/finetune.md).
 REPLAY = 0.5
 
 # The background thresholds tried on calib. 0.95: the official VOC threshold. 0.05 (a pixel's score is at least
