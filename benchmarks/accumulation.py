@@ -59,7 +59,7 @@ def rss_mib() -> float:
     return int(line.split()[1]) / 1024
 
 
-def per_micro_batch_step(model: GroupViT, micro: list, cfg: TrainConfig) -> None:
+def per_micro_batch_step(model: GroupViT, micro: list) -> None:
     """The timing baseline, not a training method: each micro-batch's own losses, one pass each (what accumulation
     did before gradient caching: the negatives and BatchNorm of one micro-batch only), the same micro-batch sizes."""
     for batch in micro:
@@ -84,7 +84,7 @@ def case(global_batch: int, k: int, steps: int, variant: str) -> dict:
         if variant == "cached":
             train_step(model, micro, cfg)
         else:
-            per_micro_batch_step(model, micro, cfg)
+            per_micro_batch_step(model, micro)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - tic)

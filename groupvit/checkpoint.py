@@ -188,6 +188,7 @@ def infer_config(source: dict[str, torch.Tensor], layout: str) -> GroupViTConfig
     )
 
 
+# What transformers' config cannot hold; config.json's `CONFIG_KEY` entry gives it back.
 HF_MISSING = ("hard_assignment", "gumbel", "gumbel_tau", "drop_path_rate", "grouping_init")
 
 
@@ -301,8 +302,8 @@ def _test_settings(recorded: str | dict | None, path: Path) -> TestSettings | No
     """Test settings as a file records them (JSON text in our metadata, a dict in the other layouts), or None."""
     if recorded is None:
         return None
-    try:
-        stored = json_metadata(recorded, path, "the test settings") if isinstance(recorded, str) else recorded
+    stored = json_metadata(recorded, path, "the test settings") if isinstance(recorded, str) else recorded
+    try:  # json_metadata's own error names the file already
         return TestSettings.from_dict(stored)
     except (TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: the test settings in its metadata are not valid ({e})") from None

@@ -44,6 +44,7 @@ from .factory import convert_model, describe_model
 from .image import MAX_PIXELS
 from .predict import classify_files, segment_files, segment_targets
 from .pretrained import download_report, table
+from .recipes import FINETUNE_TRAIN, REPLAY
 from .runtime import EXPORT_FILES
 from .segmentation import MAX_CLASSES, MAX_SEGMENT_CLASSES, check_class_names
 from .settings import Requested
@@ -227,15 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     p.add_argument("--init", metavar="WEIGHTS",
                    help="fine-tune these weights (synthvoc: the shipped model) instead of training from random ones: "
-                   "the fast recipe at lr 3e-4 with 20 warmup steps; scored before and after")  # fmt: skip
+                   f"the fast recipe at lr {FINETUNE_TRAIN['lr']:g} with {FINETUNE_TRAIN['warmup_steps']} warmup "
+                   "steps; scored before and after")  # fmt: skip
     p.add_argument("--vocabulary", choices=["voc", "novel"], default="voc",
                    help="the classes trained on and scored: voc (default) or novel, 20 classes VOC lacks (banana, "
                    "hammer, guitar...; then VOC val and a 40-class split are scored too)")  # fmt: skip
     p.add_argument("--replay", type=share, metavar="SHARE",
                    help="with --vocabulary novel: the share of the training scenes taken from VOC, against "
-                   "forgetting (default 0.5)")  # fmt: skip
+                   f"forgetting (default {REPLAY:g})")  # fmt: skip
     p.add_argument("--scenes-only", type=at_most(MAX_SCENES), metavar="N",
-                   help="only write the first N validation scenes as PNGs (and captions.txt) to --out, to try "
+                   help="only write the first N validation scenes as JPEGs (and captions.txt) to --out, to try "
                    "`groupvit segment --checkpoint synthvoc` on; no training")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="training config overrides as key=value, e.g. lr=2e-3")
     p.set_defaults(run=_demo)
@@ -383,10 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=port, default=7860)
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when a GPU is visible, else cpu")
-    p.add_argument("--max-pixels", type=at_most(MAX_PIXELS), default=40_000_000, help="largest upload, in pixels")
-    p.add_argument("--max-classes", type=at_most(MAX_SEGMENT_CLASSES), default=30,
-                   help="most class names per request")  # fmt: skip
-    p.add_argument("--max-upload-mb", type=at_most(1024), default=32, help="largest upload, in MiB")
+    p.add_argument("--max-pixels", type=at_most(MAX_PIXELS), help="largest upload, in pixels (default: 40,000,000)")
+    p.add_argument("--max-classes", type=at_most(MAX_SEGMENT_CLASSES),
+                   help="most class names per request (default: 30)")  # fmt: skip
+    p.add_argument("--max-upload-mb", type=at_most(1024), help="largest upload, in MiB (default: 32)")
     p.add_argument("--short-side", type=at_most(MAX_SHORT_SIDE), metavar="N",
                    help="resize images to this short side (default: the model's test setting: 448 for the released "
                    "models, 64 for synthvoc)")  # fmt: skip

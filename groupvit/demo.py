@@ -22,7 +22,7 @@ import yaml
 from .checks import input_file
 from .config import MAX_CONFIG_BYTES, GroupViTConfig, check_sections, dataclass_from_dict, parse_yaml
 from .data.synthvoc import SceneOptions
-from .recipes import NAMINGS, PAPER_VARIANT, RECIPES, SHIPPED
+from .recipes import FINETUNE_TRAIN, NAMINGS, PAPER_VARIANT, RECIPES, REPLAY, SHIPPED
 from .report import write_report
 from .settings import TestSettings
 
@@ -35,14 +35,6 @@ def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity where the OS reports it, as under taskset or Slurm)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-
-# Fine-tuning a trained model (`--init`): the fast recipe at 0.3 times its learning rate with a short warmup, as the
-# feasibility run that made 20 new classes emerge in 10 minutes (docs/research/finetune.md); over the preset's train
-# section, under the command line's key=value overrides.
-FINETUNE_TRAIN = {"lr": 3e-4, "warmup_lr": 3e-6, "warmup_steps": 20}
-# The share of VOC scenes among the training scenes of another vocabulary (`--replay`): at 3,000 steps 50 % keeps
-# VOC val at 21.5 mIoU (30 %: 18.7; none: 8.6) for 2 points of new-class mIoU (docs/research/finetune.md).
-REPLAY = 0.5
 
 # The background thresholds tried on calib. 0.95: the official VOC threshold. 0.05 (a pixel's score is at least
 # 1/(5 C) = 0.01): the runs with mosaics chose 0.1, the lowest point before (docs/synthvoc.md, tenth round).

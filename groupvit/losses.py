@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
@@ -210,11 +209,6 @@ class EncoderFeatures(NamedTuple):
     mosaic_rows: torch.Tensor | None  # [M * T] the batch row of each tile's source image
 
 
-def _rows(seeds: torch.Tensor | None):
-    """Per-sample noise from `seeds` (groupvit.sample_noise), or torch's generator as usual when None."""
-    return sample_seeds(seeds) if seeds is not None else nullcontext()
-
-
 def encode_features(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -227,16 +221,16 @@ def encode_features(
     patch tokens when `patches` and the mosaics' tokens when `mosaics` (and B >= 4). `seeds` [B]: draw each image's
     noise from its seed (its texts' and its mosaic's from seeds derived from it; `groupvit.sample_noise`)."""
     B, T, L = texts.shape
-    with _rows(seeds):
+    with sample_seeds(seeds):
         tokens, _, *patch_tokens = model.visual(images, return_patch_tokens=patches)  # [B, G, C], _, [B, N, C]
     text_seeds = None if seeds is None else torch.stack([derive(seeds, 1 + t) for t in range(T)], dim=1).view(-1)
-    with _rows(text_seeds):
+    with sample_seeds(text_seeds):
         text = model.text(texts.reshape(B * T, L))  # [B * T, C_text]
     m_tokens = m_weights = m_rows = None
     if mosaics and B >= MOSAIC_GRID**2:
         tiles = MOSAIC_GRID**2
         tiled = mosaic(images, MOSAIC_GRID)  # [M, 3, H, W] from images 0 .. M * tiles - 1
-        with _rows(None if seeds is None else derive(seeds[: tiled.shape[0] * tiles : tiles], -1)):
+        with sample_seeds(None if seeds is None else derive(seeds[: tiled.shape[0] * tiles : tiles], -1)):
             m_tokens, m_weights = mosaic_features(model, tiled, MOSAIC_GRID)
         m_rows = torch.arange(tiled.shape[0] * tiles, device=images.device)
     return EncoderFeatures(tokens, text, patch_tokens[0] if patches else None, m_tokens, m_weights, m_rows)

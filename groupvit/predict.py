@@ -116,12 +116,13 @@ def segment_files(
             tqdm.write(f"groupvit segment: skipped {path}: {describe(e)}", file=sys.stderr)
             failures += 1
             continue
+        fractions = result.fractions()
         summary = {
             "image": str(path),
             "size": list(rgb.shape[:2]),
             "classes": class_names,
-            "present": [n for n in result.fractions() if n != "background"],
-            "fractions": result.fractions(),
+            "present": [n for n in fractions if n != "background"],
+            "fractions": fractions,
             "mode": settings.mode,
             "short_side": settings.short_side,
             "background_threshold": threshold,

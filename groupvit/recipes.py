@@ -11,6 +11,13 @@ NAMINGS = {"official": Naming(), "voc_words": Naming(background_words=SCLIP_WORD
            "hierarchical_0.3": Naming(hierarchical=0.3)}  # fmt: skip
 # The model shipped in the package (groupvit.pretrained), which the report compares with the fresh one.
 SHIPPED = "synthvoc"
+# Fine-tuning a trained model (`--init`): the fast recipe at 0.3 times its learning rate with a short warmup, as the
+# feasibility run that made 20 new classes emerge in 10 minutes (docs/research/finetune.md); over the preset's train
+# section, under the command line's key=value overrides.
+FINETUNE_TRAIN = {"lr": 3e-4, "warmup_lr": 3e-6, "warmup_steps": 20}
+# The share of VOC scenes among the training scenes of another vocabulary (`--replay`): at 3,000 steps 50 % keeps
+# VOC val at 21.5 mIoU (30 %: 18.7; none: 8.6) for 2 points of new-class mIoU (docs/research/finetune.md).
+REPLAY = 0.5
 
 # A recipe: the demo options that make up one way of training, each a field of DemoOptions below. "paper" is the
 # paper's recipe on the synthvoc preset (two grouping stages, std-0.02 init, pooled noun loss, softmax losses, the

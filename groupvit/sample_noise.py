@@ -25,8 +25,9 @@ MASK32 = 0xFFFFFFFF
 _seeds: torch.Tensor | None = None  # [B] int64 in [0, 2^32): the rows of the encoder call in progress
 
 
-def hash32(x: torch.Tensor) -> torch.Tensor:
-    """A bijective 32-bit integer hash of int64 values in [0, 2^32) (products stay below 2^63: no overflow)."""
+def hash32(x: torch.Tensor | int) -> torch.Tensor | int:
+    """A bijective 32-bit integer hash of int64 values, or of a Python int, in [0, 2^32) (products stay below 2^63:
+    no overflow)."""
     x = ((x >> 16) ^ x) * 0x45D9F3B & MASK32
     x = ((x >> 16) ^ x) * 0x45D9F3B & MASK32
     return (x >> 16) ^ x
@@ -34,7 +35,7 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
 
 def derive(seeds: torch.Tensor, salt: int) -> torch.Tensor:
     """Seeds [...] -> other seeds of the same shape, one stream per salt (e.g. a row's text index)."""
-    return hash32(seeds ^ int(hash32(torch.tensor(salt & MASK32))))
+    return hash32(seeds ^ hash32(salt & MASK32))
 
 
 def row_seeds(seed: int, step: int, positions: torch.Tensor) -> torch.Tensor:

@@ -17,12 +17,13 @@ def serve_app(
     random_init: str | None = None,
     source: str | None = None,
     short_side: int | None = None,
-    max_pixels: int = 40_000_000,
-    max_classes: int = 30,
-    max_upload_mb: int = 32,
+    max_pixels: int | None = None,
+    max_classes: int | None = None,
+    max_upload_mb: int | None = None,
 ) -> None:
     """Serve the app's page until interrupted (`groupvit.app.run_app`), with uploads limited to `max_pixels`
-    pixels and `max_upload_mb` MiB and requests to `max_classes` class names."""
+    pixels and `max_upload_mb` MiB and requests to `max_classes` class names (None: `groupvit.app.Limits`'
+    defaults, 40,000,000 pixels, 32 MiB, 30 names)."""
     if importlib.util.find_spec("gradio") is None:
         raise ValueError("the app needs gradio: pip install -c constraints.txt -e '.[demo]'")
     if checkpoint:  # fetched first: importing the app switches huggingface_hub offline (for gradio)
@@ -31,6 +32,8 @@ def serve_app(
         resolve(checkpoint, source)
     from .app import Limits, run_app
 
-    limits = Limits(max_pixels=max_pixels, max_classes=max_classes, max_file_size=max_upload_mb << 20)
+    given = {"max_pixels": max_pixels, "max_classes": max_classes,
+             "max_file_size": None if max_upload_mb is None else max_upload_mb << 20}  # fmt: skip
+    limits = Limits(**{key: value for key, value in given.items() if value is not None})
     run_app(checkpoint, host=host, port=port, device=device, limits=limits, random_init=random_init, source=source,
             short_side=short_side)  # fmt: skip

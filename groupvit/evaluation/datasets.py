@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..checks import DataError, input_file
+from ..data.synthvoc import CLASS_NAMES_FILE
 from ..settings import BACKGROUND_THRESHOLDS
 
 IGNORE_INDEX = 255
@@ -257,9 +258,9 @@ def _voc_like(root: Path, split: str, split_dir: str, label_dir: str, expected: 
 
 def _synthvoc_classes(root: Path) -> list[str]:
     """The class names a SynthVOC folder's class_names.txt lists, label 1 first (groupvit.data.synthvoc)."""
-    path = root / "class_names.txt"
+    path = root / CLASS_NAMES_FILE
     if not path.is_file():
-        raise ValueError(f"{root} has no class_names.txt: not a SynthVOC folder of this version; generate it again "
+        raise ValueError(f"{root} has no {CLASS_NAMES_FILE}: not a SynthVOC folder of this version; generate it again "
                          "(`groupvit demo` does, into its --data folder)")  # fmt: skip
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 

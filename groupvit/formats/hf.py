@@ -134,6 +134,3 @@ def config_to_hf(cfg: GroupViTConfig) -> dict[str, Any]:
             "pad_token_id": 1,
         },
     }
-
-
-# --------------------------------------------------------------------------- files

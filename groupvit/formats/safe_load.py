@@ -130,6 +130,3 @@ def json_metadata(text: str | None, path: Path, what: str = "the config") -> Any
         return parse_json(text or "", f"{path}: {what} in its metadata")
     except ValueError as e:
         raise CheckpointError(str(e)) from None
-
-
-# What transformers' config cannot hold; config.json's `CONFIG_KEY` entry gives it back.

@@ -7,7 +7,6 @@ paper or the NVlabs code, which train from random weights only (docs/training.md
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
 
@@ -60,7 +59,7 @@ def model_from_init(cfg: TrainConfig, verbose: bool = True) -> tuple[GroupViT, s
 
     loaded = load_model(cfg.init)
     check_architecture(cfg, loaded.config)
-    training = copy.deepcopy(cfg.model_config(loaded.config))
+    training = cfg.model_config(loaded.config)
     new_bias = training.logit_bias and not loaded.config.logit_bias
     if new_bias:
         training.logit_bias_init = FRESH_LOGIT_BIAS
@@ -127,24 +126,21 @@ def part_selectors(model: GroupViT) -> dict[str, Callable[[str], bool]]:
     return parts
 
 
-def freeze(model: GroupViT, names: list[str]) -> list[str]:
+def freeze(model: GroupViT, names: list[str]) -> None:
     """Hold the named parts still: no gradients, and their BatchNorm statistics (the projection heads') kept as
-    loaded (momentum 0). Returns the frozen parameter names; unknown part names are refused, listing the valid."""
+    loaded (momentum 0). Unknown part names are refused, listing the valid."""
     parts = part_selectors(model)
     unknown = [n for n in names if n not in parts]
     if unknown:
         raise ValueError(f"freeze: unknown part {', '.join(map(repr, unknown))}; valid for this model: "
                          f"{', '.join(parts)}")  # fmt: skip
     chosen = [parts[n] for n in names]
-    frozen = []
     for name, p in model.named_parameters():
         if any(select(name) for select in chosen):
             p.requires_grad_(False)
-            frozen.append(name)
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(select(f"{name}.") for select in chosen):
             module.momentum = 0.0  # running = running * (1 - 0) + 0 * batch: unchanged
-    return frozen
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, pretrained: set[str] | None = None,
