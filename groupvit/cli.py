@@ -76,7 +76,7 @@ def _segment(args: argparse.Namespace) -> int:
     requested = Requested(short_side=args.short_side, mode=args.mode, background_threshold=args.background_threshold,
                           dataset=args.dataset, background=not args.no_background, naming=naming)  # fmt: skip
     failures = segment_files(model.load(), images, out, class_names, requested, templates=args.templates,
-                             refine=args.refine, batch_size=args.batch_size, autocast_dtype=model.autocast_dtype(),
+                             batch_size=args.batch_size, autocast_dtype=model.autocast_dtype(),
                              checkpoint=model.name())  # fmt: skip
     return 1 if failures else 0
 
@@ -120,7 +120,7 @@ def _eval(args: argparse.Namespace) -> None:
                        background_threshold=args.background_threshold, naming=naming,
                        calibrate_background=args.calibrate_background, calibration_split=args.calibration_split,
                        calibration_grid=args.calibration_grid, per_class_thresholds=args.per_class_thresholds,
-                       refine=args.refine, limit=args.limit, oracle=args.oracle, recognition=args.recognition,
+                       limit=args.limit, oracle=args.oracle, recognition=args.recognition,
                        batch_size=args.batch_size, mode=args.mode, short_side=args.short_side)  # fmt: skip
 
 
@@ -301,7 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=["voc", "context", "coco_object"],
                    help="preset background threshold: voc 0.95, context 0.35, coco_object 0.95")  # fmt: skip
     p.add_argument("--templates", default="simple", choices=["simple", "subset", "full"])
-    p.add_argument("--refine", choices=["pamr"], help="optional PAMR refinement (not the official protocol)")
     p.add_argument("--batch-size", type=at_most(MAX_CROP_BATCH), default=8, help="crops per encoder batch")
     cli_options.add_naming_options(p)
     cli_options.add_model_options(p)
@@ -342,7 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle", action="store_true", help="also score groups named by their majority GT class")
     p.add_argument("--recognition", action="store_true",
                    help="also score recognition: each image's classes among its top-ranked class prompts")  # fmt: skip
-    p.add_argument("--refine", choices=["pamr"], help="PAMR refinement (a protocol variant)")
     p.add_argument("--background-threshold", type=unit_float, help="override the dataset's threshold (a variant)")
     p.add_argument("--calibrate-background", type=at_most(MAX_COUNT), metavar="N",
                    help="pick the threshold on N images of --calibration-split (a variant)")  # fmt: skip

@@ -53,6 +53,8 @@ def add_naming_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hierarchical", type=unit_float, metavar="SCORE",
                    help="name the members (previous-stage groups) of a final group whose members name different "
                    "classes with at least this score: more classes than final groups")  # fmt: skip
+    g.add_argument("--refine", choices=["pamr"],
+                   help="pamr: refine the masks along the image's colours (PAMR, TCL's variant)")  # fmt: skip
 
 
 def add_test_size_options(p: argparse.ArgumentParser) -> None:
@@ -82,4 +84,4 @@ def model_choice(args: argparse.Namespace) -> ModelChoice:
 def naming(args: argparse.Namespace) -> Naming:
     """The options of `add_naming_options`, read back as groupvit.naming.Naming."""
     return naming_from_options(args.background_words, args.background_thresholds, args.min_area, args.top_k,
-                               args.gate, args.hierarchical)  # fmt: skip
+                               args.gate, args.hierarchical, args.refine)  # fmt: skip

@@ -22,6 +22,7 @@ import yaml
 from .checks import input_file
 from .config import MAX_CONFIG_BYTES, GroupViTConfig, check_sections, dataclass_from_dict, parse_yaml
 from .data.synthvoc import SceneOptions
+from .naming import Naming
 from .recipes import FINETUNE_TRAIN, NAMINGS, PAPER_VARIANT, RECIPES, REPLAY, SHIPPED
 from .report import write_report
 from .settings import TestSettings
@@ -326,8 +327,9 @@ def run_demo(options: DemoOptions) -> dict:
     how = f"fine-tuned from {options.init}" if options.init else "trained"
     about = (f"GroupViT {how} by `groupvit demo` on SynthVOC captions ({options.vocabulary} classes, "
              f"{options.recipe} recipe, {summary['steps']} steps)")  # fmt: skip
-    model.test_settings = synthvoc_test_settings(size, result["background_threshold"], val.class_names, about,
-                                                 init=options.init or "")  # fmt: skip
+    choice = result["naming_choice"]
+    model.test_settings = synthvoc_test_settings(size, choice["threshold"], val.class_names, about,
+                                                 NAMINGS[choice["chosen"]], init=options.init or "")  # fmt: skip
     save_model(model, out / "model.safetensors")
     shipped = shipped_model()
     scenes = json.loads((scored / "scenes.json").read_text())
@@ -362,8 +364,8 @@ def run_demo(options: DemoOptions) -> dict:
     if shipped is not None:
         result["shipped_model"] = score_shipped(shipped, val)
     grid_before = (before, f"before: {options.init}") if before is not None else (shipped, f"shipped {SHIPPED}")
-    result["report_grid"] = write_report(model, val, scenes, result, out, result["background_threshold"], size,
-                                         shipped=grid_before[0], shipped_title=grid_before[1])  # fmt: skip
+    result["report_grid"] = write_report(model, val, scenes, result, out, size, shipped=grid_before[0],
+                                         shipped_title=grid_before[1])  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2))
     print(result_lines(result, out))
     return result
@@ -418,11 +420,12 @@ def shipped_model():
 
 
 def synthvoc_test_settings(size: int, threshold: float, class_names: Sequence[str], about: str,
-                           init: str = "") -> TestSettings:  # fmt: skip
-    """How a SynthVOC model is run, as the demo scores it: the whole image at its training size, the threshold
-    chosen on calib, the classes of its vocabulary; `init`, the weights it was fine-tuned from."""
+                           naming: Naming | None = None, init: str = "") -> TestSettings:  # fmt: skip
+    """How a SynthVOC model is run, as the demo scores it: the whole image at its training size, the naming and
+    threshold chosen on calib, the classes of its vocabulary; `init`, the weights it was fine-tuned from."""
     return TestSettings(short_side=size, mode="whole", crop_size=size, stride=size // 2, background_threshold=threshold,
-                        classes=tuple(class_names), about=about, trained_on="synthvoc", init=init)  # fmt: skip
+                        naming=naming or Naming(), classes=tuple(class_names), about=about, trained_on="synthvoc",
+                        init=init)  # fmt: skip
 
 
 def score_at_own_settings(model, dataset, limit: int | None = None) -> dict:
@@ -460,8 +463,9 @@ def evaluate_demo(model, voc: Path, size: int, dataset: str = "voc", calib_image
 
     grouped = any(model.config.vision.num_group_tokens)  # a plain ViT has no groups to split hierarchically
     namings = {name: n for name, n in NAMINGS.items() if grouped or n.hierarchical is None}
+    refined = any(n.refine is not None for n in namings.values())
     calib = CalibrationImages(model, load_dataset(dataset, voc, "calib"), calib_images, "whole", members=grouped,
-                              short_side=size)  # fmt: skip
+                              keep_pixels=refined, short_side=size)  # fmt: skip
     best, choice = choose_naming(calib, namings, DEMO_THRESHOLDS)
     threshold = choice["official"]["threshold"]
     options = {"calibrated": (threshold, NAMINGS["official"]), "official": (DATASET_DEFAULT, NAMINGS["official"]),

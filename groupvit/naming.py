@@ -14,6 +14,8 @@ paper admits, each an option of `Naming` (the default `Naming()` is the official
   name different classes is split into its members, so an image can hold more classes than final groups.
 - image-level gating (`top_k`, `gate`): how many of the image's classes, ranked by the pooled embedding, groups
   may take (the reference keeps 5), and a minimum pooled probability for a class to be kept.
+- refinement (`refine`): 'pamr' smooths the per-pixel class scores along the image's colours before the argmax
+  (groupvit.pamr, TCL's variant), so masks follow object edges instead of the patch grid.
 
 Every caller (ZeroShotSegmenter, so `groupvit segment`, `groupvit eval`, the app and the demo) goes through these
 functions; results of any non-default option are labelled `"protocol": "variant"`.
@@ -46,6 +48,7 @@ CAR_WORDS: tuple[str, ...] = (
     "railroad", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street", "valley", "bridge",
 )  # fmt: skip
 WORD_LISTS: dict[str, tuple[str, ...]] = {"voc": SCLIP_WORDS, "car": CAR_WORDS, "none": ()}
+REFINEMENTS = (None, "pamr")  # Naming.refine: none (the protocol) or PAMR
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Naming:
         best class is always kept (None: off).
     hierarchical: split a final group whose members name different classes, each with a score of at least this
         (None: off).
+    refine: 'pamr' to refine the pixels' class scores along the image's colours (groupvit.pamr; None: off).
     """
 
     background_words: tuple[str, ...] = ()
@@ -68,9 +72,12 @@ class Naming:
     top_k: int | None = 5
     gate: float | None = None
     hierarchical: float | None = None
+    refine: str | None = None
 
     def __post_init__(self) -> None:
         self.background_words = tuple(self.background_words)
+        if self.refine not in REFINEMENTS:
+            raise ValueError(f"refine must be one of {', '.join(map(str, REFINEMENTS))}, got {self.refine!r}")
         if not 0.0 <= self.min_area < 1.0:
             raise ValueError(f"min_area must be in [0, 1), got {self.min_area}")
         if self.top_k is not None and self.top_k < 1:
@@ -93,7 +100,7 @@ class Naming:
     def to_dict(self) -> dict:
         return {"background_words": list(self.background_words), "class_thresholds": self.class_thresholds,
                 "min_area": self.min_area, "top_k": self.top_k, "gate": self.gate,
-                "hierarchical": self.hierarchical}  # fmt: skip
+                "hierarchical": self.hierarchical, "refine": self.refine}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ option parsing
@@ -137,12 +144,13 @@ def naming_from_options(
     top_k: int | None = 5,
     gate: float | None = None,
     hierarchical: float | None = None,
+    refine: str | None = None,
 ) -> Naming:
     """A `Naming` from the naming options of `groupvit segment` and `eval` (--background-words, read as
     `background_words` reads them; --background-thresholds, a file `load_class_thresholds` reads; ...)."""
     thresholds = load_class_thresholds(thresholds_file) if thresholds_file else None
     return Naming(background_words=background_words(background_words_spec), class_thresholds=thresholds,
-                  min_area=min_area, top_k=top_k, gate=gate, hierarchical=hierarchical)  # fmt: skip
+                  min_area=min_area, top_k=top_k, gate=gate, hierarchical=hierarchical, refine=refine)  # fmt: skip
 
 
 def threshold_vector(class_thresholds: Mapping[str, float], class_names: Sequence[str]) -> torch.Tensor:

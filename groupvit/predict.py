@@ -74,7 +74,6 @@ def segment_files(
     requested: Requested | None = None,
     *,
     templates: str = "simple",
-    refine: str | None = None,
     batch_size: int = 8,
     autocast_dtype: torch.dtype | None = None,
     checkpoint: str = "",
@@ -97,7 +96,7 @@ def segment_files(
     print(f"groupvit segment: {used} ({run.origins}; --short-side, --mode, "
           f"--background-threshold change it); runtime {model.runtime}", file=sys.stderr)  # fmt: skip
     segmenter = ZeroShotSegmenter(model, class_names, background_threshold=threshold, mode=settings.mode,
-                                  templates=templates, short_side=settings.short_side, refine=refine,
+                                  templates=templates, short_side=settings.short_side,
                                   batch_size=batch_size, autocast_dtype=autocast_dtype,
                                   naming=settings.naming)  # fmt: skip
     failures, noted = 0, []
@@ -126,7 +125,7 @@ def segment_files(
             "mode": settings.mode,
             "short_side": settings.short_side,
             "background_threshold": threshold,
-            "refine": refine,
+            "refine": settings.naming.refine,
             "checkpoint": checkpoint,
             **({} if settings.naming.official else {"protocol": "variant", "naming": settings.naming.to_dict()}),
         }

@@ -6,9 +6,11 @@ from __future__ import annotations
 from .naming import SCLIP_WORDS, Naming
 
 # Naming variants (groupvit.naming) tried on calib, each with its own threshold; the best is reported beside the
-# headline, which keeps the official naming.
+# headline, which keeps the official naming, and is what the trained model records (so `groupvit segment` and the
+# report grid use it). PAMR lifts the fine-tuned models' masks most (docs/research/finetune.md, round 3).
 NAMINGS = {"official": Naming(), "voc_words": Naming(background_words=SCLIP_WORDS), "area_0.1": Naming(min_area=0.1),
-           "hierarchical_0.3": Naming(hierarchical=0.3)}  # fmt: skip
+           "hierarchical_0.3": Naming(hierarchical=0.3), "pamr": Naming(refine="pamr"),
+           "pamr_voc_words": Naming(background_words=SCLIP_WORDS, refine="pamr")}  # fmt: skip
 # The model shipped in the package (groupvit.pretrained), which the report compares with the fresh one.
 SHIPPED = "synthvoc"
 # Fine-tuning a trained model (`--init`): the fast recipe at 0.3 times its learning rate with a short warmup, as the

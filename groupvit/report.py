@@ -25,17 +25,17 @@ def largest_object_named(prediction: np.ndarray, target: np.ndarray) -> tuple[in
     return largest, float((truth & predicted).sum() / (truth | predicted).sum())
 
 
-def write_report(model, dataset, scenes: dict, result: dict, out: Path, threshold: float, size: int,
-                 images: int = 12, shipped=None, min_iou: float = 0.5, shipped_title: str = f"shipped {SHIPPED}",
-                 ) -> dict:  # fmt: skip
-    """report.html: the numbers, the mIoU curve, and a grid of image / ground truth / prediction / group maps;
+def write_report(model, dataset, scenes: dict, result: dict, out: Path, size: int, images: int = 12, shipped=None,
+                 min_iou: float = 0.5, shipped_title: str = f"shipped {SHIPPED}") -> dict:  # fmt: skip
+    """report.html: the numbers, the mIoU curve, and a grid of image / ground truth / prediction (at the model's
+    recorded test settings: the naming and threshold chosen on calib) / group maps;
     with `shipped` (the model shipped in the package, or the one a fine-tuning run started from: `shipped_title`),
     its prediction beside the fresh model's. Returns the grid's check: in how many of its scenes the largest object
     is segmented and named correctly (IoU >= `min_iou`)."""
     from .segmentation import ZeroShotSegmenter
     from .viz import comparison_grid, group_maps_image, result_grid
 
-    segmenter = ZeroShotSegmenter(model, dataset.class_names, threshold, mode="whole", short_side=size)
+    segmenter = ZeroShotSegmenter(model, dataset.class_names, mode="whole", short_side=size)
     other = None if shipped is None else ZeroShotSegmenter(shipped, dataset.class_names, group_maps=False)
     rows, groups, largest, ious = [], [], [], []
     for i in range(min(images, len(dataset))):
@@ -67,15 +67,17 @@ table{{border-collapse:collapse;margin:0.5em 0}}tr:nth-child(even){{background:#
 <p>Trained on captions only for {result["minutes"]:.1f} minutes ({result["steps"]} steps, {result["images_seen"]}
 image-caption pairs); recipe <b>{html.escape(result["recipe"])}</b>.</p>
 <h2>Results on {result["images"]} validation scenes</h2>
-{results_table(result, threshold)}
+{results_table(result)}
 {finetune_paragraph(result)}
 {shipped_paragraph(result.get("shipped_model"), in_grid=not result.get("init"))}
 <h2>Departures from the paper's recipe</h2>
 {departures_table(result["departures_from_paper"])}
 {curve_svg(result["curve"])}
 <h2>Validation scenes</h2>
-<p>The largest object segmented and named correctly (IoU >= {min_iou:.1f}) in <b>{check["largest_object_correct"]} of
-{check["scenes"]}</b> scenes below.</p>
+<p>The predictions of this run are at the settings the model records: the naming chosen on calib
+({html.escape(result["naming_choice"]["chosen"])}, threshold {result["naming_choice"]["threshold"]}). The largest object
+segmented and named correctly (IoU >= {min_iou:.1f}) in <b>{check["largest_object_correct"]} of {check["scenes"]}</b>
+scenes below.</p>
 <img src="report_grid.png" alt="image, ground truth and prediction">
 <img src="report_groups.png" alt="final groups of every stage">
 <ol start="0">{caption_list}</ol>
@@ -93,7 +95,7 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return f"<table>{row(header, 'th')}{''.join(row(r, 'td') for r in rows)}</table>"
 
 
-def results_table(result: dict, threshold: float) -> str:
+def results_table(result: dict) -> str:
     """The report's numbers, one per row, each saying what it measures."""
     recognition, naming = result["recognition"], result["naming_choice"]
     by_objects = ", ".join(
@@ -101,7 +103,7 @@ def results_table(result: dict, threshold: float) -> str:
     )
     rows = [
         ("mIoU (21 classes with background)", f"{result['miou']:.2f}",
-         f"background threshold {threshold}, chosen on the calib split"),
+         f"background threshold {result['background_threshold']}, chosen on the calib split"),
         ("mIoU at the official threshold 0.95", f"{result['miou_at_official_threshold']:.2f}", ""),
         ("mIoU of oracle-named groups", f"{result['oracle']['miou']:.2f}",
          "each group named by the class it overlaps most: grouping apart from naming"),
@@ -110,7 +112,8 @@ def results_table(result: dict, threshold: float) -> str:
          "each scene's classes among its top-ranked classes"),
         ("Final groups in use per image", f"{result['groups_in_use']:.2f}", by_objects),
         (f"mIoU with the naming chosen on calib: {naming['chosen']}", f"{naming['val_miou']:.2f}",
-         f"threshold {naming['threshold']}, among {', '.join(NAMINGS)} (a protocol variant; groupvit.naming)"),
+         f"threshold {naming['threshold']}, among {', '.join(NAMINGS)} (a protocol variant; groupvit.naming); "
+         "the model records it"),
     ]  # fmt: skip
     return html_table(("", "value", "how"), rows)
 
@@ -137,7 +140,7 @@ def finetune_paragraph(result: dict) -> str:
             return f" (before: {before[key]:.2f})" if key in before else ""
 
         parts.append(f"Trained on the {result['vocabulary']} classes with {100 * result['replay']:.0f} % of the "
-                     f"scenes from VOC (replay). What it knows of VOC, at its recorded threshold: VOC val mIoU "
+                     f"scenes from VOC (replay). What it knows of VOC, at its recorded settings: VOC val mIoU "
                      f"<b>{result['voc_miou']:.2f}</b>{was('voc_miou')}; the 40-class split (VOC and new) "
                      f"<b>{result['combined_miou']:.2f}</b>{was('combined_miou')}.")  # fmt: skip
     return f"<p>{' '.join(parts)}</p>" if parts else ""

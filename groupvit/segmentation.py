@@ -297,7 +297,6 @@ class ZeroShotSegmenter:
     background_threshold: None for vocabularies that cover everything (labels are then 1..C only).
     mode: 'slide' (crops at a stride: the official protocol) or 'whole'.
     templates: a set name ('simple' = "a photo of a {}.", 'subset', 'full') or a list of templates.
-    refine: None (official) or 'pamr' (pixel-adaptive mask refinement, a protocol variant).
     autocast_dtype: None (fp32), torch.bfloat16 (GPU, or CPUs with AVX512-BF16/AMX) or torch.float16 (GPU).
     group_maps: also return per-stage group maps; in slide mode they cost one extra whole-image pass.
     naming: protocol variants of how groups become classes or background (groupvit.naming.Naming; the default
@@ -316,15 +315,12 @@ class ZeroShotSegmenter:
         crop_size: int | None = None,
         stride: int | None = None,
         batch_size: int = 8,
-        refine: str | None = None,
         autocast_dtype: torch.dtype | None = None,
         group_maps: bool = True,
         naming: Naming | None = None,
     ) -> None:
         if mode not in (None, "", "slide", "whole"):
             raise ValueError(f"mode must be 'slide' or 'whole', got {mode!r}")
-        if refine not in (None, "pamr"):
-            raise ValueError(f"refine must be None or 'pamr', got {refine!r}")
         given = None if background_threshold is FROM_MODEL else background_threshold
         if given is not None and not 0.0 <= given <= 1.0:
             raise ValueError(f"background_threshold must be in [0, 1] or None, got {background_threshold}")
@@ -338,7 +334,7 @@ class ZeroShotSegmenter:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.background_threshold = background_threshold
-        self.mode, self.refine = mode, refine
+        self.mode = mode
         self.short_side, self.long_side, self.crop_size, self.stride = short_side, long_side, crop_size, stride
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
@@ -380,20 +376,26 @@ class ZeroShotSegmenter:
         enabled = self.autocast_dtype is not None
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled)
 
-    def encode(self, image: ImageInput, members: bool | None = None) -> EncodedImage:
+    def encode(self, image: ImageInput, members: bool | None = None, keep_pixels: bool | None = None) -> EncodedImage:
         """Resize and run the encoder passes (no class is scored yet). members: also encode the final groups'
-        members, which hierarchical naming needs (default: whether `naming.hierarchical` is set)."""
+        members, which hierarchical naming needs (default: whether `naming.hierarchical` is set); keep_pixels: keep the
+        resized image, which PAMR needs (default: whether `naming.refine` is set)."""
         rgb = load_image(image)
         check_result_size(*rgb.shape[:2], len(self.class_names))
         pixels = to_tensor(rgb, rescale_size(*rgb.shape[:2], self.short_side, self.long_side))
-        return self.encode_pixels(pixels, rgb.shape[:2], members)
+        return self.encode_pixels(pixels, rgb.shape[:2], members, keep_pixels)
 
     @torch.no_grad()
     def encode_pixels(
-        self, pixels: torch.Tensor, size: tuple[int, int] | None = None, members: bool | None = None
+        self,
+        pixels: torch.Tensor,
+        size: tuple[int, int] | None = None,
+        members: bool | None = None,
+        keep_pixels: bool | None = None,
     ) -> EncodedImage:
         """Normalised, already-resized pixels [1, 3, H, W] of an image of `size` (default: H, W) -> its passes."""
         members = self.naming.hierarchical is not None if members is None else members
+        keep_pixels = self.naming.refine is not None if keep_pixels is None else keep_pixels
         pixels = pixels.to(self.device)
         H, W = pixels.shape[2:]
         with self._autocast():
@@ -409,7 +411,7 @@ class ZeroShotSegmenter:
                     batch = windows[start : start + self.batch_size]
                     stacked = torch.cat([pixels[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in batch])
                     crops.append((batch, encode_crops(self.model, stacked, group_maps=False, members=members)))
-        return EncodedImage(tuple(size or (H, W)), (H, W), crops, whole, pixels if self.refine else None)
+        return EncodedImage(tuple(size or (H, W)), (H, W), crops, whole, pixels if keep_pixels else None)
 
     @torch.no_grad()
     def crop_logits(self, encoded: EncodedImage) -> torch.Tensor:
@@ -437,9 +439,11 @@ class ZeroShotSegmenter:
         """Name an encoded image under the current class names and options -> the result at its original size."""
         height, width = encoded.size
         logits = self.crop_logits(encoded)
-        if self.refine == "pamr":
+        if self.naming.refine == "pamr":
             from .pamr import pamr
 
+            if encoded.pixels is None:
+                raise ValueError("PAMR needs the image: encode it with keep_pixels=True (naming.refine was not set)")
             logits = pamr(encoded.pixels.to(logits.device), logits[None])[0]
         logits = F.interpolate(logits[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
         if logits.shape[0] == len(self.class_names):  # no background channel

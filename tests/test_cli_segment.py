@@ -68,6 +68,7 @@ def test_segment_cli_slide_no_background_and_pamr(small_checkpoint, images, tmp_
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "chelsea.json").read_text())
     assert "background" not in summary["fractions"] and summary["background_threshold"] is None
+    assert summary["refine"] == "pamr" and summary["naming"]["refine"] == "pamr" and summary["protocol"] == "variant"
 
 
 @pytest.mark.parametrize(

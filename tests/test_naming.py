@@ -359,7 +359,7 @@ def test_demo_picks_the_naming_on_calib_and_scores_it_on_val(model, tmp_path):
     assert choice["chosen"] == max(choice["calib_miou"], key=choice["calib_miou"].get)
     assert list(choice["calib_miou"]) == list(NAMINGS)
     calib = CalibrationImages(model, load_dataset("voc", voc_root(tmp_path), "calib"), 3, "whole", members=True,
-                              short_side=64)  # fmt: skip
+                              keep_pixels=True, short_side=64)  # fmt: skip
     assert calib.threshold(NAMINGS[choice["chosen"]], DEMO_THRESHOLDS)[0] == choice["threshold"]
     val = load_dataset("voc", voc_root(tmp_path), "val")
 
@@ -371,3 +371,51 @@ def test_demo_picks_the_naming_on_calib_and_scores_it_on_val(model, tmp_path):
     assert result["miou_at_official_threshold"] == val_miou(0.95)
     assert choice["val_miou"] == val_miou(choice["threshold"], NAMINGS[choice["chosen"]])
     assert result["recognition"]["images"] == 4 and "per_image" in result
+
+
+# ----------------------------------------------------------------------------- refinement as a naming option
+
+
+def test_pamr_refinement_is_a_naming_option_a_model_can_record(model, tmp_path):
+    import torch.nn.functional as F
+
+    from groupvit.pamr import pamr
+    from groupvit.settings import TestSettings
+
+    with pytest.raises(ValueError, match="refine must be one of"):
+        Naming(refine="crf")
+    noise = image(0, (96, 96))  # the tiny random model splits noise into groups (a flat image: one group)
+    refined = ZeroShotSegmenter(model, ["cat", "dog", "bird"], 0.5, mode="whole", short_side=64,
+                                naming=Naming(refine="pamr"))  # fmt: skip
+    encoded = refined.encode(noise)
+    assert encoded.pixels is not None and encoded.pixels.shape[2:] == (64, 64)
+    by_hand = pamr(encoded.pixels, refined.crop_logits(encoded)[None])  # the scores at 64 px, then resized
+    by_hand = F.interpolate(by_hand, size=(96, 96), mode="bilinear", align_corners=False)[0]
+    result = refined.name(encoded)
+    assert np.allclose(result.scores, by_hand.numpy(), atol=1e-6)
+    plain = ZeroShotSegmenter(model, ["cat", "dog", "bird"], 0.5, mode="whole", short_side=64)(noise)
+    assert not np.allclose(plain.scores, result.scores, atol=1e-3)  # it did change the scores
+    with pytest.raises(ValueError, match="PAMR needs the image"):
+        refined.name(refined.encode(noise, keep_pixels=False))
+    # Recorded with the model, it is what a run without naming options uses.
+    settings = TestSettings(short_side=64, mode="whole", background_threshold=0.5, naming=Naming(refine="pamr"))
+    assert TestSettings.from_dict(json.loads(settings.to_json())) == settings
+    old = settings.to_dict()
+    del old["naming"]["refine"]  # a model saved before the option
+    assert TestSettings.from_dict(old).naming.refine is None
+    model.test_settings, kept = settings, model.test_settings
+    try:
+        groupvit.save_model(model, tmp_path / "m.safetensors")
+    finally:
+        model.test_settings = kept
+    loaded = groupvit.load_model(tmp_path / "m.safetensors")
+    assert loaded.test_settings.naming.refine == "pamr"
+    again = ZeroShotSegmenter(loaded, ["cat", "dog", "bird"])(noise)
+    assert np.array_equal(again.labels, result.labels)
+    # evaluate_namings encodes once and names with and without it; the refined option is a variant.
+    val = load_dataset("voc", write_tiny_voc(tmp_path / "voc"), "val")
+    scores = evaluate_namings(model, val, {"plain": (0.5, Naming()), "pamr": (0.5, Naming(refine="pamr"))},
+                              "whole", short_side=64, progress=False)  # fmt: skip
+    assert scores["pamr"]["naming"]["refine"] == "pamr" and scores["pamr"]["protocol"] == "variant"
+    alone = evaluate_segmentation(model, val, "whole", 0.5, naming=Naming(refine="pamr"), short_side=64, progress=False)
+    assert alone["miou"] == scores["pamr"]["miou"]

@@ -128,7 +128,6 @@ def evaluate_namings(
     options: Mapping[str, tuple[float | object | None, Naming]],
     mode: str | None = None,
     templates: str | Sequence[str] = "simple",
-    refine: str | None = None,
     limit: int | None = None,
     oracle: bool = False,
     batch_size: int = 8,
@@ -141,8 +140,8 @@ def evaluate_namings(
     """Zero-shot segmentation scores of `dataset` under several (background threshold, naming) options at once:
     each image is encoded once and named under every option. Returns {option: results}, each with mIoU, pixel
     accuracy and per-class IoU (percent) and the mean number of final groups in use per image. A threshold of
-    DATASET_DEFAULT is the dataset's own; any other threshold, naming option, refinement or size makes the results
-    a protocol variant (`"protocol": "variant"`, the options under `naming`).
+    DATASET_DEFAULT is the dataset's own; any other threshold, naming option (refinement included) or size makes
+    the results a protocol variant (`"protocol": "variant"`, the options under `naming`).
 
     mode, short_side: 'slide' or 'whole', and the short side images are resized to; None for the model's test
     settings (groupvit.settings: the protocol's slide mode at 448 for the released models, what a SynthVOC model
@@ -158,16 +157,17 @@ def evaluate_namings(
     resolved = {key: (runs[key].background_threshold, n) for key, (_, n) in options.items()}
     settings = next(iter(runs.values())).settings if runs else model.test_settings
     segmenter = ZeroShotSegmenter(
-        model, dataset.class_names, background_threshold=None, mode=settings.mode, templates=templates, refine=refine,
+        model, dataset.class_names, background_threshold=None, mode=settings.mode, templates=templates,
         batch_size=batch_size, autocast_dtype=autocast_dtype, short_side=settings.short_side,
     )  # fmt: skip
     _check_options(dataset, segmenter, resolved)
     members = any(n.hierarchical is not None for _, n in resolved.values())
+    keep_pixels = any(n.refine is not None for _, n in resolved.values())
     tallies = {key: Tally(_label_names(dataset), dataset.has_background, oracle, recognition) for key in resolved}
     total = len(dataset) if limit is None else min(limit, len(dataset))
     for i in tqdm(range(rank, total, world), disable=not (progress and rank == 0), desc=f"eval {dataset.name}"):
         image_id, image, target = dataset[i]
-        encoded = segmenter.encode(image, members)
+        encoded = segmenter.encode(image, members, keep_pixels)
         for key, (threshold, naming) in resolved.items():
             segmenter.background_threshold, segmenter.naming = threshold, naming
             tallies[key].update(image_id, segmenter.name(encoded), target)
@@ -177,7 +177,7 @@ def evaluate_namings(
         segmenter.mode == "whole" or (segmenter.crop_size, segmenter.stride) == (448, 224)
     )
     for key, (threshold, naming) in resolved.items():
-        official = options[key][0] is DATASET_DEFAULT and naming.official and refine is None and protocol_size
+        official = options[key][0] is DATASET_DEFAULT and naming.official and protocol_size
         out[key] = {
             "dataset": dataset.name,
             "images": total,
@@ -190,8 +190,6 @@ def evaluate_namings(
         }
         if not naming.official:
             out[key]["naming"] = naming.to_dict()
-        if refine:
-            out[key]["refine"] = refine
         if per_image:
             out[key]["per_image"] = tallies[key].images
     return out
@@ -214,11 +212,13 @@ def evaluate_segmentation(
 class CalibrationImages:
     """The first `images` images of a held-out split, encoded once, to score naming options on: the background
     threshold, per-class thresholds, or which option to use. Keeps the encoder outputs in memory (slide mode at
-    448: about 1.6 MB per VOC image; a 64 px SynthVOC scene: 33 kB). Images split across ranks, scores summed."""
+    448: about 1.6 MB per VOC image; a 64 px SynthVOC scene: 33 kB; `keep_pixels`, for PAMR, adds the resized image:
+    2.4 MB at 448 x 448). Images split across ranks, scores summed."""
 
     def __init__(
-        self, model: GroupViT, dataset, images: int, mode: str | None = None, members: bool = False, **options
-    ) -> None:
+        self, model: GroupViT, dataset, images: int, mode: str | None = None, members: bool = False,
+        keep_pixels: bool = False, **options,
+    ) -> None:  # fmt: skip
         rank, world = _rank_world()
         self.dataset = dataset
         self.segmenter = ZeroShotSegmenter(model, dataset.class_names, mode=mode, group_maps=False, **options)
@@ -226,7 +226,7 @@ class CalibrationImages:
         for i in tqdm(range(rank, min(images, len(dataset)), world), disable=rank != 0, desc=f"encode {dataset.name} "
                       f"{getattr(dataset, 'split', '')} for calibration", unit="image"):  # fmt: skip
             _, image, target = dataset[i]
-            self.items.append((self.segmenter.encode(image, members), target))
+            self.items.append((self.segmenter.encode(image, members, keep_pixels), target))
 
     def miou(self, threshold: float | None, naming: Naming | None = None) -> float:
         """mIoU (percent) of the calibration images under one option (default naming: the official one)."""
@@ -291,7 +291,6 @@ def evaluate_calibrated(
     calibration_split: str = "",
     grid: Sequence[float] | None = None,
     per_class_thresholds: bool = False,
-    refine: str | None = None,
     limit: int | None = None,
     oracle: bool = False,
     recognition: bool = False,
@@ -311,7 +310,8 @@ def evaluate_calibrated(
     calibration = None
     if calibration_images:
         images = CalibrationImages(model, held_out, calibration_images, mode,
-                                   members=naming.hierarchical is not None, **options)  # fmt: skip
+                                   members=naming.hierarchical is not None, keep_pixels=naming.refine is not None,
+                                   **options)  # fmt: skip
         grid = grid or CALIBRATION_GRID
         threshold, curve = images.threshold(naming, grid)
         calibration = {"split": calibration_split, "images": calibration_images, "chosen": threshold,
@@ -328,7 +328,7 @@ def evaluate_calibrated(
         run = benchmark_settings(model, dataset, threshold, naming, mode, options.get("short_side"), sources)
         used = run.settings.describe("none" if run.background_threshold is None else f"{run.background_threshold:g}")
         print(f"groupvit eval: {used} ({run.origins})", file=sys.stderr)
-    result = evaluate_segmentation(model, dataset, mode, threshold, refine=refine, limit=limit, oracle=oracle,
+    result = evaluate_segmentation(model, dataset, mode, threshold, limit=limit, oracle=oracle,
                                    naming=naming, recognition=recognition, **options)  # fmt: skip
     if calibration:
         result["calibration"] = calibration
@@ -354,7 +354,7 @@ def evaluate_benchmark(
     """What `groupvit eval` runs, one process per device under torchrun: a benchmark (`load_dataset`'s names, or
     imagenet for classification) at `root` scored with `model` (groupvit.factory.ModelChoice), printed as a table
     and written to `out` as JSON by rank 0. Segmentation is `evaluate_calibrated` (templates: simple by default;
-    `options`: its mode, per_class_thresholds, refine, limit, oracle, recognition, batch_size, short_side);
+    `options`: its mode, per_class_thresholds, limit, oracle, recognition, batch_size, short_side);
     classification is `evaluate_classification` (templates: subset by default, spec 5.5; `options`: limit)."""
     from ..distributed import setup_distributed
     from .datasets import ImageFolderClassification, load_dataset
