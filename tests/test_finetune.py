@@ -36,6 +36,9 @@ from groupvit.data.synthvoc import (
 from groupvit.evaluation.datasets import VOC_CLASSES, load_dataset
 from groupvit.evaluation.run import evaluate_segmentation
 from groupvit.pretrained import PRETRAINED
+from groupvit.recipes import NAMINGS
+from groupvit.report import largest_object_named
+from groupvit.segmentation import ZeroShotSegmenter
 from groupvit.training.config import TrainConfig
 from groupvit.training.finetune import (
     FRESH_LOGIT_BIAS,
@@ -321,9 +324,17 @@ def test_finetuning_demo_on_novel_classes_end_to_end(tmp_path):
     before = evaluate_segmentation(shipped, novel_val, background_threshold=result["before"]["background_threshold"],
                                    progress=False)  # fmt: skip
     assert result["before"]["miou"] == pytest.approx(before["miou"], abs=1e-9)
+    # The model records the naming chosen on calib, with its threshold; VOC and the grid are scored at them.
+    choice = result["naming_choice"]
+    recorded = after.test_settings
+    assert recorded.naming == NAMINGS[choice["chosen"]] and recorded.background_threshold == choice["threshold"]
     voc_val = load_dataset("voc", voc_root(data), "val")
-    voc = evaluate_segmentation(after, voc_val, background_threshold=result["background_threshold"], progress=False)
+    voc = evaluate_segmentation(after, voc_val, background_threshold=choice["threshold"],
+                                naming=NAMINGS[choice["chosen"]], progress=False)  # fmt: skip
     assert result["voc_miou"] == pytest.approx(voc["miou"], abs=1e-9)
+    _, scene, truth = novel_val[0]
+    _, iou = largest_object_named(ZeroShotSegmenter(after, novel_val.class_names)(scene).labels, truth)
+    assert result["report_grid"]["per_scene"][0]["iou"] == round(100 * iou, 1)
     combined = load_dataset("synthvoc", voc_root(data / "combined"), "val")
     assert len(combined.class_names) == 40
     # The grid: image, truth, after, before; the page says what fine-tuning changed.

@@ -247,7 +247,9 @@ def test_demo_one_minute_end_to_end(tmp_path):
     # The weights record how they were scored (groupvit.settings), so `groupvit segment` runs them the same way.
     settings = groupvit.load_model(out / "model.safetensors").test_settings
     assert (settings.short_side, settings.mode, settings.trained_on) == (64, "whole", "synthvoc")
-    assert settings.background_threshold == result["background_threshold"] and settings.classes == VOC_CLASSES
+    choice = result["naming_choice"]  # the naming chosen on calib, with its threshold
+    assert settings.background_threshold == choice["threshold"] and settings.classes == VOC_CLASSES
+    assert settings.naming.to_dict() == choice["naming"]
     # The shipped model on the same scenes, scored independently here at its recorded settings.
     shipped = groupvit.load_model("synthvoc")
     val = load_dataset("voc", voc_root(tmp_path / "d"), "val")
@@ -514,8 +516,9 @@ def test_the_report_draws_short_curves_and_tables_not_json():
     assert "paper's recipe" in departures_table({})
     result = {"miou": 12.345, "miou_at_official_threshold": 8.0, "oracle": {"miou": 30.0}, "groups_in_use": 3.5,
               "recognition": {"pooled": 40.0, "best_group": 35.5}, "groups_in_use_by_objects": {"1": 2.0, "3": 4.25},
-              "naming_choice": {"chosen": "area_0.1", "val_miou": 13.0, "threshold": 0.3}}  # fmt: skip
-    table = results_table(result, 0.4)
+              "naming_choice": {"chosen": "area_0.1", "val_miou": 13.0, "threshold": 0.3},
+              "background_threshold": 0.4}  # fmt: skip
+    table = results_table(result)
     assert "<td>12.35</td><td>background threshold 0.4, chosen on the calib split</td>" in table
     assert "<td>40.0 % / 35.5 %</td>" in table and "1 object: 2.00, 3 objects: 4.25" in table
     assert "{" not in table and "mIoU with the naming chosen on calib: area_0.1</td><td>13.00" in table
