@@ -13,6 +13,7 @@ how calibration and the benchmarks try many options on one encoder pass.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import unicodedata
 import warnings
@@ -340,6 +341,7 @@ class ZeroShotSegmenter:
         self.autocast_dtype = autocast_dtype
         self.return_group_maps = group_maps
         self.naming = settings.naming if naming is None else naming
+        self._refined = None  # PAMR of the image named last: (encoded, weights, {naming: (text, classes)})
         self.templates = get_templates(templates)
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self.set_classes(class_names)
@@ -435,16 +437,32 @@ class ZeroShotSegmenter:
         encoded = self.encode_pixels(pixels)
         return self.crop_logits(encoded), [] if encoded.whole is None else [g[0] for g in encoded.whole.group_index]
 
+    def _pamr(self, encoded: EncodedImage, logits: torch.Tensor) -> torch.Tensor:
+        """PAMR of logits [K, H, W]. The class channels do not depend on the background threshold, so for the
+        image named last they are refined once per naming and reused (a threshold sweep names each image under
+        every threshold in turn: `evaluate_namings`, `CalibrationImages.curve`); only the background channel is
+        refined per call."""
+        from .pamr import pamr_weights, refine
+
+        if encoded.pixels is None:
+            raise ValueError("PAMR needs the image: encode it with keep_pixels=True (naming.refine was not set)")
+        C = len(self.class_names)
+        naming = repr(dataclasses.replace(self.naming, class_thresholds=None))  # what the class channels depend on
+        last = self._refined
+        if last is None or last[0] is not encoded:
+            last = self._refined = (encoded, pamr_weights(encoded.pixels.to(logits.device)), {})
+        _, weights, classes = last  # classes: {naming: (the text embeddings they were named with, refined)}
+        if naming not in classes or classes[naming][0] is not self.text_embeds:  # another vocabulary or templates
+            classes[naming] = (self.text_embeds, refine(weights, logits[None, -C:])[0])
+        background = refine(weights, logits[None, :-C])[0] if logits.shape[0] > C else logits[:0]
+        return torch.cat([background, classes[naming][1]])
+
     def name(self, encoded: EncodedImage) -> SegmentationResult:
         """Name an encoded image under the current class names and options -> the result at its original size."""
         height, width = encoded.size
         logits = self.crop_logits(encoded)
         if self.naming.refine == "pamr":
-            from .pamr import pamr
-
-            if encoded.pixels is None:
-                raise ValueError("PAMR needs the image: encode it with keep_pixels=True (naming.refine was not set)")
-            logits = pamr(encoded.pixels.to(logits.device), logits[None])[0]
+            logits = self._pamr(encoded, logits)
         logits = F.interpolate(logits[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
         if logits.shape[0] == len(self.class_names):  # no background channel
             labels = logits.argmax(dim=0) + 1

@@ -393,6 +393,14 @@ def test_pamr_refinement_is_a_naming_option_a_model_can_record(model, tmp_path):
     by_hand = F.interpolate(by_hand, size=(96, 96), mode="bilinear", align_corners=False)[0]
     result = refined.name(encoded)
     assert np.allclose(result.scores, by_hand.numpy(), atol=1e-6)
+    # The class channels are refined once per image and naming and reused: other thresholds, another vocabulary
+    # and back give what a fresh segmenter gives.
+    for threshold, names in ((0.9, ["cat", "dog", "bird"]), (0.5, ["car", "tree"]), (0.5, ["cat", "dog", "bird"])):
+        refined.background_threshold = threshold
+        refined.set_classes(names)
+        fresh = ZeroShotSegmenter(model, names, threshold, mode="whole", short_side=64, naming=Naming(refine="pamr"))
+        assert np.allclose(refined.name(encoded).scores, fresh(noise).scores, atol=1e-6)
+    assert np.allclose(refined.name(encoded).scores, result.scores, atol=1e-6)
     plain = ZeroShotSegmenter(model, ["cat", "dog", "bird"], 0.5, mode="whole", short_side=64)(noise)
     assert not np.allclose(plain.scores, result.scores, atol=1e-3)  # it did change the scores
     with pytest.raises(ValueError, match="PAMR needs the image"):

@@ -230,17 +230,26 @@ class CalibrationImages:
 
     def miou(self, threshold: float | None, naming: Naming | None = None) -> float:
         """mIoU (percent) of the calibration images under one option (default naming: the official one)."""
-        _check_options(self.dataset, self.segmenter, {"": (threshold, naming or Naming())})
-        tally = Tally(_label_names(self.dataset), self.dataset.has_background, oracle=False, recognition=False)
+        return self.curve([threshold], naming)[threshold]
+
+    def curve(self, thresholds: Sequence[float | None], naming: Naming | None = None) -> dict[float | None, float]:
+        """{threshold: mIoU} under one naming. Each image is named under every threshold in turn, so what does
+        not depend on the threshold (PAMR of the class channels) is computed once per image."""
+        naming = naming or Naming()
+        _check_options(self.dataset, self.segmenter, {t: (t, naming) for t in thresholds})
+        has_background = self.dataset.has_background
+        tallies = {t: Tally(_label_names(self.dataset), has_background, False, False) for t in thresholds}
         for encoded, target in self.items:
-            tally.update("", self.segmenter.name(encoded), target)
-        return tally.results()["miou"]
+            for t, tally in tallies.items():
+                self.segmenter.background_threshold = t
+                tally.update("", self.segmenter.name(encoded), target)
+        return {t: tally.results()["miou"] for t, tally in tallies.items()}
 
     def threshold(
         self, naming: Naming | None = None, grid: Sequence[float] = CALIBRATION_GRID
     ) -> tuple[float, dict[float, float]]:
         """The background threshold with the best mIoU -> (threshold, {threshold: mIoU})."""
-        curve = {t: self.miou(t, naming) for t in grid}
+        curve = self.curve(grid, naming)
         return max(curve, key=lambda t: curve[t]), curve
 
     def class_thresholds(
