@@ -37,6 +37,7 @@ from .checks import (
     weight,
 )
 from .config import GROUPING_INITS, list_presets
+from .data.synthvoc import SynthVOCSpec
 from .errors import describe, exit_code
 from .evaluation.datasets import DATASETS, convert_coco_object
 from .export import MAX_OPSET, OPSET, export_onnx
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-scenes", type=at_most(MAX_SCENES), default=20_000, help="training scenes to generate")
     p.add_argument("--val-scenes", type=at_most(MAX_SCENES), default=500,
                    help="validation scenes to generate and score")  # fmt: skip
+    p.add_argument("--calib-scenes", type=at_most(SynthVOCSpec.calib), default=100,
+                   help="labelled calib scenes (of the 200 generated) the background threshold and naming are chosen "
+                   "on (default 100)")  # fmt: skip
     p.add_argument("--workers", type=at_most(MAX_WORKERS),
                    help="processes for data generation and noun tagging (default: one per core)")  # fmt: skip
     p.add_argument("--scene", action="append", default=[], metavar="KEY=VALUE",

@@ -66,6 +66,7 @@ class DemoOptions:
     seed: int = 0
     train_scenes: int = 20_000
     val_scenes: int = 500
+    calib_scenes: int = 100  # labelled calib scenes (of the 200 generated) the threshold and naming are chosen on
     workers: int = dataclasses.field(default_factory=usable_cores)  # generation, noun tagging
     config: str | Path | None = None  # YAML file or packaged name (synthvoc_gpu): sections over the preset's
     overrides: tuple[str, ...] = ()  # key=value for the training config
@@ -321,7 +322,7 @@ def run_demo(options: DemoOptions) -> dict:
     summary = train(cfg, out)
     model = load_model(out / "model.safetensors")
     size = cfg.image_size
-    result = evaluate_demo(model, scored, size, dataset)
+    result = evaluate_demo(model, scored, size, dataset, options.calib_scenes)
     val = load_dataset(dataset, scored, "val")
     # Run later as it was scored here (groupvit.settings): `groupvit segment --checkpoint OUT/model.safetensors`.
     how = f"fine-tuned from {options.init}" if options.init else "trained"
@@ -356,7 +357,7 @@ def run_demo(options: DemoOptions) -> dict:
     if options.vocabulary == "novel":
         result["replay"] = options.replay
     if before is not None:
-        result["before"] = before_scores(before, scored, size, dataset)
+        result["before"] = before_scores(before, scored, size, dataset, options.calib_scenes)
     if combined is not None:
         result.update(forgetting(model, voc, combined))
         if before is not None:
@@ -386,10 +387,10 @@ def result_lines(result: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def before_scores(model, root: Path, size: int, dataset: str) -> dict:
+def before_scores(model, root: Path, size: int, dataset: str, calib_images: int = 100) -> dict:
     """The scores `run_demo` reports, of the model a fine-tuning run started from: calibrated on calib as the
     fine-tuned model is."""
-    scores = evaluate_demo(model, root, size, dataset)
+    scores = evaluate_demo(model, root, size, dataset, calib_images)
     return {"miou": scores["miou"], "background_threshold": scores["background_threshold"],
             "oracle_miou": scores["oracle"]["miou"], "recognition": scores["recognition"],
             "per_class": scores["per_class"]}  # fmt: skip
@@ -477,5 +478,6 @@ def evaluate_demo(model, voc: Path, size: int, dataset: str = "voc", calib_image
         "calibration": {str(t): m for t, m in choice["official"]["curve"].items()},
         "miou_at_official_threshold": results["official"]["miou"],
         "naming_choice": {"chosen": best, "naming": NAMINGS[best].to_dict(), "threshold": choice[best]["threshold"],
+                          "calib_scenes": min(calib_images, len(calib.dataset)),
                           "calib_miou": {k: v["miou"] for k, v in choice.items()}, "val_miou": results["best"]["miou"]},
     }  # fmt: skip

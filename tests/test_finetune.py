@@ -33,6 +33,7 @@ from groupvit.data.synthvoc import (
     make_scene,
     voc_root,
 )
+from groupvit.demo import DEMO_THRESHOLDS
 from groupvit.evaluation.datasets import VOC_CLASSES, load_dataset
 from groupvit.evaluation.run import evaluate_segmentation
 from groupvit.pretrained import PRETRAINED
@@ -298,8 +299,8 @@ def _png(rng: np.random.Generator) -> bytes:
 def test_finetuning_demo_on_novel_classes_end_to_end(tmp_path):
     """`groupvit demo --init synthvoc --vocabulary novel` for a few steps on a few scenes, then from scratch."""
     data = tmp_path / "d"
-    common = ["--data", str(data), "--train-scenes", "200", "--val-scenes", "12", "--workers", "1", "--replay", "0.3",
-              "minutes=0", "steps=2", "eval_every=0"]  # fmt: skip
+    common = ["--data", str(data), "--train-scenes", "200", "--val-scenes", "12", "--calib-scenes", "12",
+              "--workers", "1", "--replay", "0.3", "minutes=0", "steps=2", "eval_every=0"]  # fmt: skip
     out = tmp_path / "finetuned"
     run = subprocess.run([sys.executable, "-m", "groupvit", "demo", "--init", "synthvoc", "--vocabulary", "novel",
                           "--out", str(out), *common], capture_output=True, text=True)  # fmt: skip
@@ -326,6 +327,7 @@ def test_finetuning_demo_on_novel_classes_end_to_end(tmp_path):
     assert result["before"]["miou"] == pytest.approx(before["miou"], abs=1e-9)
     # The model records the naming chosen on calib, with its threshold; VOC and the grid are scored at them.
     choice = result["naming_choice"]
+    assert choice["calib_scenes"] == 12 and result["before"]["background_threshold"] in DEMO_THRESHOLDS
     recorded = after.test_settings
     assert recorded.naming == NAMINGS[choice["chosen"]] and recorded.background_threshold == choice["threshold"]
     voc_val = load_dataset("voc", voc_root(data), "val")

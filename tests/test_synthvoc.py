@@ -28,6 +28,7 @@ from groupvit.data.synthvoc import (
     make_scene,
     voc_root,
 )
+from groupvit.demo import DEMO_THRESHOLDS
 from groupvit.evaluation.datasets import VOC_CLASSES, load_dataset
 from groupvit.evaluation.run import evaluate_segmentation
 from groupvit.report import largest_object_named
@@ -221,7 +222,7 @@ def test_demo_one_minute_end_to_end(tmp_path):
     config.write_text("model: {text: {layers: 2}}\n")
     run = subprocess.run(
         [sys.executable, "-m", "groupvit", "demo", "--minutes", "1", "--out", str(out), "--data", str(tmp_path / "d"),
-         "--train-scenes", "1000", "--val-scenes", "40", "--scene", "max_clutter=0",
+         "--train-scenes", "1000", "--val-scenes", "40", "--calib-scenes", "20", "--scene", "max_clutter=0",
          "--scene", "object_scale=[0.4,0.7]", "--config", str(config), "--drop-boilerplate-nouns"],
         capture_output=True, text=True,
     )  # fmt: skip
@@ -247,7 +248,8 @@ def test_demo_one_minute_end_to_end(tmp_path):
     # The weights record how they were scored (groupvit.settings), so `groupvit segment` runs them the same way.
     settings = groupvit.load_model(out / "model.safetensors").test_settings
     assert (settings.short_side, settings.mode, settings.trained_on) == (64, "whole", "synthvoc")
-    choice = result["naming_choice"]  # the naming chosen on calib, with its threshold
+    choice = result["naming_choice"]  # the naming chosen on calib (--calib-scenes of them), with its threshold
+    assert choice["calib_scenes"] == 20 and len(result["calibration"]) == len(DEMO_THRESHOLDS)
     assert settings.background_threshold == choice["threshold"] and settings.classes == VOC_CLASSES
     assert settings.naming.to_dict() == choice["naming"]
     # The shipped model on the same scenes, scored independently here at its recorded settings.
@@ -274,8 +276,8 @@ def test_demo_one_minute_end_to_end(tmp_path):
     # The plain ViT baseline of the default recipe (one stage is moot without groups), a few steps on the same data.
     vit = subprocess.run(
         [sys.executable, "-m", "groupvit", "demo", "--baseline", "vit", "--out", str(tmp_path / "vit"), "--data",
-         str(tmp_path / "d"), "--train-scenes", "1000", "--val-scenes", "40", "--scene", "max_clutter=0",
-         "--scene", "object_scale=[0.4,0.7]", "minutes=0", "steps=2", "eval_every=0"],
+         str(tmp_path / "d"), "--train-scenes", "1000", "--val-scenes", "40", "--calib-scenes", "20", "--scene",
+         "max_clutter=0", "--scene", "object_scale=[0.4,0.7]", "minutes=0", "steps=2", "eval_every=0"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert vit.returncode == 0, vit.stderr[-3000:]
